@@ -1,0 +1,804 @@
+"""The Raft state machine: pure, synchronous and deterministic.
+
+It never touches a clock, socket or disk. It advances through ``tick()``,
+``step(message)`` and the proposal calls, and hands its work back as a
+``Ready`` (see raft.types.Ready for the driver's obligations). Election jitter
+comes from the injected ``random.Random``, so a seed replays a run exactly.
+
+Implemented: PreVote, CheckQuorum (with the follower-side lease that stops a
+rejoining node from deposing a healthy leader), pipelined replication with
+bounded inflight windows, fast back-off by term, the current-term commit rule,
+batched ReadIndex (safe or lease-based), leader transfer (TimeoutNow),
+one-at-a-time membership changes with learners, and snapshots.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .log import RaftLog
+from .progress import Progress, ProgressState
+from .storage import LogStorage
+from .types import (
+    NONE,
+    CompactedError,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MsgType,
+    ProposalDropped,
+    Ready,
+    ReadState,
+    Role,
+    Snapshot,
+    SoftState,
+)
+
+CAMPAIGN_TRANSFER = b"transfer"
+
+_VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
+_UNTERMED = (MsgType.PROP, MsgType.READ_INDEX)
+
+
+class ReadOnlyOption(IntEnum):
+    SAFE = 0  # confirm leadership with a heartbeat round (one per batch)
+    LEASE_BASED = 1  # trust the CheckQuorum lease; no round trip
+
+
+@dataclass
+class Config:
+    id: int
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    max_committed_size_per_ready: int = 8 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    read_only: ReadOnlyOption = ReadOnlyOption.SAFE
+    applied: int = 0  # restart hint: entries up to here were already applied
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def validate(self) -> None:
+        if self.id == NONE:
+            raise ValueError("raft node id must be non-zero")
+        if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
+            raise ValueError("election_tick must be greater than heartbeat_tick > 0")
+        if self.max_inflight_msgs <= 0:
+            raise ValueError("max_inflight_msgs must be positive")
+        if self.read_only == ReadOnlyOption.LEASE_BASED and not self.check_quorum:
+            raise ValueError("lease-based reads require check_quorum")
+
+
+class _PendingRead:
+    __slots__ = ("index", "requester", "acks")
+
+    def __init__(self, index: int, requester: int) -> None:
+        self.index = index
+        self.requester = requester
+        self.acks: set[int] = set()
+
+
+class Raft:
+    """One Raft participant. Not thread-safe: drive it from one thread/loop."""
+
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        config.validate()
+        self.id = config.id
+        self.cfg = config
+        self.rng = config.rng
+        self.log = RaftLog(storage)
+        hard, conf = storage.initial_state()
+        self.term = hard.term
+        self.vote = hard.vote
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.prs: dict[int, Progress] = {}
+        self._apply_conf_state(conf)
+        if hard.commit:
+            self.log.commit_to(hard.commit)
+        if config.applied:
+            self.log.applied_to(min(config.applied, self.log.committed))
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self.lead_transferee = NONE
+        self.pending_conf_index = 0
+        self.votes: dict[int, bool] = {}
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self._reads: dict[bytes, _PendingRead] = {}
+        self._read_queue: list[bytes] = []
+        self._reads_waiting_commit: list[Message] = []
+        self._prev_hard = HardState(self.term, self.vote, self.log.committed)
+        self._prev_soft = SoftState(NONE, Role.FOLLOWER)
+        self._reset_randomized_timeout()
+
+    # ------------------------------------------------------------------ config
+    @property
+    def voters(self) -> list[int]:
+        return [i for i, p in self.prs.items() if not p.is_learner]
+
+    def conf_state(self) -> ConfState:
+        return ConfState(
+            tuple(sorted(i for i, p in self.prs.items() if not p.is_learner)),
+            tuple(sorted(i for i, p in self.prs.items() if p.is_learner)),
+        )
+
+    @property
+    def promotable(self) -> bool:
+        pr = self.prs.get(self.id)
+        return pr is not None and not pr.is_learner
+
+    def _quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    def _apply_conf_state(self, conf: ConfState) -> None:
+        nxt = self.log.last_index() + 1
+        self.prs = {}
+        for v in conf.voters:
+            self.prs[v] = Progress(nxt, self.cfg.max_inflight_msgs)
+        for l in conf.learners:
+            self.prs[l] = Progress(nxt, self.cfg.max_inflight_msgs, is_learner=True)
+
+    # ---------------------------------------------------------------- public API
+    def tick(self) -> None:
+        if self.role == Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def campaign(self) -> None:
+        self.step(Message(MsgType.HUP))
+
+    def propose(self, data: bytes) -> None:
+        """Raises ProposalDropped when this node cannot accept it now."""
+        self.step(Message(MsgType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.NORMAL, data)]))
+
+    def propose_many(self, datas: list[bytes]) -> None:
+        """Many proposals, one append: the batching path for busy servers."""
+        ents = [Entry(0, 0, EntryType.NORMAL, d) for d in datas]
+        self.step(Message(MsgType.PROP, frm=self.id, entries=ents))
+
+    def propose_conf_change(self, cc: ConfChange) -> None:
+        self.step(
+            Message(MsgType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.CONF_CHANGE, cc.encode())])
+        )
+
+    def read_index(self, ctx: bytes) -> None:
+        """Ask for a linearizable read point; answered as a ReadState in a
+        later Ready. Batch many client reads under one ``ctx``."""
+        self.step(Message(MsgType.READ_INDEX, frm=self.id, context=ctx))
+
+    def transfer_leader(self, target: int) -> None:
+        self.step(Message(MsgType.TRANSFER_LEADER, frm=target))
+
+    def report_unreachable(self, node: int) -> None:
+        self.step(Message(MsgType.UNREACHABLE, frm=node))
+
+    def report_snapshot(self, node: int, ok: bool) -> None:
+        self.step(Message(MsgType.SNAP_STATUS, frm=node, reject=not ok))
+
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """Called by the driver when a conf-change entry is applied."""
+        nid = cc.node_id
+        nxt = self.log.last_index() + 1
+        if cc.type == ConfChangeType.ADD_NODE:
+            pr = self.prs.get(nid)
+            if pr is None:
+                pr = self.prs[nid] = Progress(nxt, self.cfg.max_inflight_msgs)
+                pr.recent_active = True
+            pr.is_learner = False
+        elif cc.type == ConfChangeType.ADD_LEARNER:
+            if nid not in self.prs:
+                pr = self.prs[nid] = Progress(nxt, self.cfg.max_inflight_msgs, is_learner=True)
+                pr.recent_active = True
+        elif cc.type == ConfChangeType.REMOVE_NODE:
+            self.prs.pop(nid, None)
+            if nid == self.lead_transferee:
+                self.lead_transferee = NONE
+        if self.role == Role.LEADER:
+            if not self.promotable:
+                # A leader removed (or demoted) steps down; the rest elect anew.
+                self._become_follower(self.term, NONE)
+            else:
+                # A smaller quorum may commit more; new members need appends.
+                self._maybe_commit()
+                self._bcast_append()
+        return self.conf_state()
+
+    # --------------------------------------------------------------- Ready cycle
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def has_ready(self) -> bool:
+        if self.msgs or self.read_states or self.log.unstable or self.log.unstable_snapshot:
+            return True
+        if SoftState(self.lead, self.role) != self._prev_soft:
+            return True
+        if self._hard_state() != self._prev_hard:
+            return True
+        return self.log.has_next_committed_entries()
+
+    def ready(self) -> Ready:
+        rd = Ready()
+        soft = SoftState(self.lead, self.role)
+        if soft != self._prev_soft:
+            rd.soft_state = soft
+        hard = self._hard_state()
+        if hard != self._prev_hard:
+            rd.hard_state = hard
+        rd.entries = list(self.log.unstable)
+        rd.snapshot = self.log.unstable_snapshot
+        rd.committed_entries = self.log.next_committed_entries(self.cfg.max_committed_size_per_ready)
+        rd.messages, self.msgs = self.msgs, []
+        rd.read_states, self.read_states = self.read_states, []
+        rd.must_sync = bool(rd.entries) or rd.snapshot is not None or (
+            rd.hard_state is not None
+            and (rd.hard_state.term != self._prev_hard.term or rd.hard_state.vote != self._prev_hard.vote)
+        )
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            self.log.stable_snapshot_to(rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            self.log.applied_to(rd.committed_entries[-1].index)
+        elif rd.snapshot is not None:
+            self.log.applied_to(rd.snapshot.meta.index)
+
+    # --------------------------------------------------------------- role changes
+    def _reset_randomized_timeout(self) -> None:
+        et = self.cfg.election_tick
+        self.randomized_election_timeout = et + self.rng.randrange(et)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.lead_transferee = NONE
+        self.votes = {}
+        last = self.log.last_index()
+        for nid, pr in self.prs.items():
+            learner = pr.is_learner
+            npr = self.prs[nid] = Progress(last + 1, self.cfg.max_inflight_msgs, learner)
+            if nid == self.id:
+                npr.match = last
+        self.pending_conf_index = 0
+        self._reads.clear()
+        self._read_queue.clear()
+        self._reads_waiting_commit.clear()
+
+    def _become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        # Unlike a real candidate, a pre-candidate keeps its term and vote.
+        self.votes = {}
+        self.lead = NONE
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        for pr in self.prs.values():
+            pr.recent_active = True
+        # No conf change until this term's first entry is applied: this is the
+        # fix for single-server changes across leader changes.
+        self.pending_conf_index = self.log.last_index() + 1
+        self._append_entries([Entry(0, 0)])
+
+    # --------------------------------------------------------------- elections
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self.step(Message(MsgType.HUP))
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                self.step(Message(MsgType.CHECK_QUORUM))
+            if self.role == Role.LEADER and self.lead_transferee != NONE:
+                self.lead_transferee = NONE  # transfer timed out
+        if self.role != Role.LEADER:
+            return
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self.step(Message(MsgType.BEAT))
+
+    def _has_unapplied_conf_change(self) -> bool:
+        lo = self.log.applied + 1
+        hi = self.log.committed + 1
+        if lo >= hi:
+            return False
+        try:
+            ents = self.log.entries(lo, hi)
+        except CompactedError:
+            return False
+        return any(e.type == EntryType.CONF_CHANGE for e in ents)
+
+    def _hup(self, transfer: bool = False) -> None:
+        if self.role == Role.LEADER or not self.promotable:
+            return
+        if self._has_unapplied_conf_change():
+            return  # our view of the membership may be stale
+        if self.cfg.pre_vote and not transfer:
+            self._campaign(pre=True, transfer=False)
+        else:
+            self._campaign(pre=False, transfer=transfer)
+
+    def _campaign(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            self._become_pre_candidate()
+            mtype, term = MsgType.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            mtype, term = MsgType.VOTE, self.term
+        won = self._poll(self.id, True)
+        if won is True:
+            if pre:
+                self._campaign(pre=False, transfer=transfer)
+            else:
+                self._become_leader()
+            return
+        ctx = CAMPAIGN_TRANSFER if transfer else b""
+        last, last_term = self.log.last_index(), self.log.last_term()
+        for nid in self.voters:
+            if nid != self.id:
+                self._send(Message(mtype, to=nid, term=term, index=last, log_term=last_term, context=ctx))
+
+    def _poll(self, nid: int, granted: bool) -> bool | None:
+        """Record a vote; True = won, False = lost, None = undecided."""
+        self.votes.setdefault(nid, granted)
+        voters = self.voters
+        yes = sum(1 for v in voters if self.votes.get(v) is True)
+        no = sum(1 for v in voters if self.votes.get(v) is False)
+        q = len(voters) // 2 + 1
+        if yes >= q:
+            return True
+        if no > len(voters) - q:
+            return False
+        return None
+
+    # ----------------------------------------------------------------- stepping
+    def step(self, m: Message) -> None:
+        if m.term == 0:
+            pass  # local message
+        elif m.term > self.term:
+            if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+                force = m.context == CAMPAIGN_TRANSFER
+                in_lease = (
+                    self.cfg.check_quorum
+                    and self.lead != NONE
+                    and self.election_elapsed < self.cfg.election_tick
+                )
+                if in_lease and not force:
+                    return  # we heard from a live leader recently: ignore
+            if m.type == MsgType.PRE_VOTE:
+                pass  # never change term on a pre-vote
+            elif m.type == MsgType.PRE_VOTE_RESP and not m.reject:
+                pass  # the term rises only once the real election starts
+            elif m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                self._become_follower(m.term, m.frm)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (MsgType.HEARTBEAT, MsgType.APP):
+                # A stale leader (e.g. back from a partition) learns our term
+                # and steps down, instead of being ignored forever.
+                self._send(Message(MsgType.APP_RESP, to=m.frm))
+            elif m.type == MsgType.PRE_VOTE:
+                self._send(Message(MsgType.PRE_VOTE_RESP, to=m.frm, term=self.term, reject=True))
+            return
+
+        t = m.type
+        if t == MsgType.HUP:
+            self._hup(transfer=False)
+        elif t in (MsgType.VOTE, MsgType.PRE_VOTE):
+            can_vote = (
+                self.vote == m.frm
+                or (self.vote == NONE and self.lead == NONE)
+                or (t == MsgType.PRE_VOTE and m.term > self.term)
+            )
+            if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+                self._send(Message(_VOTE_RESP[t], to=m.frm, term=m.term))
+                if t == MsgType.VOTE:
+                    self.election_elapsed = 0
+                    self.vote = m.frm
+            else:
+                self._send(Message(_VOTE_RESP[t], to=m.frm, term=self.term, reject=True))
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role == Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MsgType.PROP:
+            if self.lead == NONE:
+                raise ProposalDropped("no leader")
+            m.to = self.lead
+            self._send(m)
+        elif t == MsgType.APP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_append(m)
+        elif t == MsgType.HEARTBEAT:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_heartbeat(m)
+        elif t == MsgType.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_snapshot(m)
+        elif t == MsgType.TRANSFER_LEADER:
+            if self.lead != NONE:
+                m.to = self.lead
+                self._send(m)
+        elif t == MsgType.TIMEOUT_NOW:
+            self._hup(transfer=True)
+        elif t == MsgType.READ_INDEX:
+            if self.lead == NONE:
+                raise ProposalDropped("no leader")
+            m.to = self.lead
+            self._send(m)
+        elif t == MsgType.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context))
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        if t == MsgType.PROP or t == MsgType.READ_INDEX:
+            raise ProposalDropped("no leader")
+        if t == MsgType.APP:
+            self._become_follower(m.term, m.frm)
+            self._handle_append(m)
+        elif t == MsgType.HEARTBEAT:
+            self._become_follower(m.term, m.frm)
+            self._handle_heartbeat(m)
+        elif t == MsgType.SNAP:
+            self._become_follower(m.term, m.frm)
+            self._handle_snapshot(m)
+        elif (t == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE) or (
+            t == MsgType.VOTE_RESP and self.role == Role.CANDIDATE
+        ):
+            won = self._poll(m.frm, not m.reject)
+            if won is True:
+                if self.role == Role.PRE_CANDIDATE:
+                    self._campaign(pre=False, transfer=False)
+                else:
+                    self._become_leader()
+                    self._bcast_append()
+            elif won is False:
+                self._become_follower(self.term, NONE)
+
+    # ----------------------------------------------------------- follower side
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(Message(MsgType.APP_RESP, to=m.frm, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MsgType.APP_RESP, to=m.frm, index=last_new))
+            return
+        hint_index, hint_term = self.log.find_conflict_by_term(
+            min(m.index, self.log.last_index()), m.log_term
+        )
+        self._send(
+            Message(
+                MsgType.APP_RESP,
+                to=m.frm,
+                index=m.index,
+                reject=True,
+                reject_hint=hint_index,
+                log_term=hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, context=m.context))
+
+    def _handle_snapshot(self, m: Message) -> None:
+        snap = m.snapshot
+        if snap is not None and self._restore(snap):
+            self._send(Message(MsgType.APP_RESP, to=m.frm, index=self.log.last_index()))
+        else:
+            self._send(Message(MsgType.APP_RESP, to=m.frm, index=self.log.committed))
+
+    def _restore(self, snap: Snapshot) -> bool:
+        meta = snap.meta
+        if meta.index <= self.log.committed:
+            return False
+        if self.role != Role.FOLLOWER:
+            self._become_follower(self.term + 1, NONE)  # defensive: never as leader
+            return False
+        cs = meta.conf_state
+        if self.id not in cs.voters and self.id not in cs.learners:
+            return False
+        if self.log.match_term(meta.index, meta.term):
+            self.log.commit_to(meta.index)  # we already have it: fast-forward
+            return False
+        self.log.restore(snap)
+        self._apply_conf_state(cs)
+        pr = self.prs.get(self.id)
+        if pr is not None:
+            pr.match = meta.index
+        return True
+
+    # -------------------------------------------------------------- leader side
+    def _append_entries(self, ents: list[Entry]) -> None:
+        li = self.log.last_index()
+        term = self.term
+        for i, e in enumerate(ents, 1):
+            e.term = term
+            e.index = li + i
+        self.log.append(ents)
+        # The leader counts its own (soon persisted) entries; nothing depending
+        # on them leaves the node before the driver persists this Ready.
+        self.prs[self.id].maybe_update(self.log.last_index())
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> bool:
+        matches = sorted((p.match for p in self.prs.values() if not p.is_learner), reverse=True)
+        if not matches:
+            return False
+        mci = matches[len(matches) // 2]
+        # §5.4.2: only entries of the current term are committed by counting.
+        if mci > self.log.committed and self.log.term(mci) == self.term:
+            self.log.commit_to(mci)
+            return True
+        return False
+
+    def _send(self, m: Message) -> None:
+        m.frm = self.id
+        if m.type not in _VOTE_RESP.values() and m.type not in (MsgType.VOTE, MsgType.PRE_VOTE):
+            if m.type not in _UNTERMED:
+                m.term = self.term
+        self.msgs.append(m)
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+        pr = self.prs[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        try:
+            prev_term = self.log.term(prev)
+            ents = self.log.entries(pr.next, self.log.last_index() + 1, self.cfg.max_size_per_msg)
+        except CompactedError:
+            return self._send_snapshot(to, pr)
+        if not ents and not send_if_empty:
+            return False
+        self._send(
+            Message(MsgType.APP, to=to, index=prev, log_term=prev_term, entries=ents, commit=self.log.committed)
+        )
+        pr.sent_append(ents[-1].index if ents else prev, len(ents))
+        return True
+
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
+        if not pr.recent_active:
+            return False  # don't stream a snapshot to a node that is likely down
+        snap = self.log.snapshot()
+        if snap.is_empty:
+            raise AssertionError("need a snapshot but none is available")
+        pr.become_snapshot(snap.meta.index)
+        self._send(Message(MsgType.SNAP, to=to, snapshot=snap))
+        return True
+
+    def _bcast_append(self) -> None:
+        for nid in self.prs:
+            if nid != self.id:
+                self._send_append(nid)
+
+    def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
+        committed = self.log.committed
+        for nid, pr in self.prs.items():
+            if nid != self.id:
+                self._send(
+                    Message(MsgType.HEARTBEAT, to=nid, commit=min(pr.match, committed), context=ctx)
+                )
+
+    def _committed_in_current_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def _step_leader(self, m: Message) -> None:
+        t = m.type
+        if t == MsgType.BEAT:
+            self._bcast_heartbeat(self._read_queue[-1] if self._read_queue else b"")
+            return
+        if t == MsgType.CHECK_QUORUM:
+            active = sum(
+                1 for nid, p in self.prs.items() if not p.is_learner and (nid == self.id or p.recent_active)
+            )
+            for nid, p in self.prs.items():
+                if nid != self.id:
+                    p.recent_active = False
+            if active < self._quorum():
+                self._become_follower(self.term, NONE)
+            return
+        if t == MsgType.PROP:
+            self._leader_propose(m)
+            return
+        if t == MsgType.READ_INDEX:
+            self._leader_read_index(m)
+            return
+        pr = self.prs.get(m.frm)
+        if pr is None:
+            return
+        if t == MsgType.APP_RESP:
+            self._handle_append_response(m, pr)
+        elif t == MsgType.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.inflight_full and pr.inflight:
+                pr.inflight.popleft()
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
+            if m.context and self.cfg.read_only == ReadOnlyOption.SAFE:
+                self._ack_read(m.context, m.frm)
+        elif t == MsgType.SNAP_STATUS:
+            if pr.state != ProgressState.SNAPSHOT:
+                return
+            if m.reject:
+                pr.pending_snapshot = 0
+            pr.become_probe()
+            pr.probe_sent = True  # wait for the next heartbeat response
+        elif t == MsgType.UNREACHABLE:
+            if pr.state == ProgressState.REPLICATE:
+                pr.become_probe()
+        elif t == MsgType.TRANSFER_LEADER:
+            self._leader_transfer(m.frm, pr)
+
+    def _leader_propose(self, m: Message) -> None:
+        local = m.frm == self.id
+        if not m.entries:
+            return
+        if self.id not in self.prs:
+            raise ProposalDropped("leader was removed from the cluster")
+        if self.lead_transferee != NONE:
+            if local:
+                raise ProposalDropped("leadership transfer in progress")
+            return
+        # Fresh objects: the message may be delivered twice or shared.
+        ents = [Entry(0, 0, e.type, e.data) for e in m.entries]
+        for i, e in enumerate(ents):
+            if e.type == EntryType.CONF_CHANGE:
+                if self.pending_conf_index > self.log.applied:
+                    if local:
+                        raise ProposalDropped("a configuration change is already in progress")
+                    ents[i] = Entry(0, 0)  # keep the batch, neutralise the change
+                else:
+                    self.pending_conf_index = self.log.last_index() + i + 1
+        self._append_entries(ents)
+        self._bcast_append()
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        if m.reject:
+            next_probe = m.reject_hint
+            if m.log_term > 0:
+                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decrease_to(m.index, next_probe):
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            pr.become_probe()
+            pr.become_replicate()
+        elif pr.state == ProgressState.REPLICATE:
+            pr.free_inflight_to(m.index)
+        if self._maybe_commit():
+            self._release_reads_waiting_commit()
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(m.frm)
+        while self._send_append(m.frm, send_if_empty=False):
+            pass  # fill the pipeline up to the inflight limit
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, to=m.frm))
+
+    def _leader_transfer(self, target: int, pr: Progress) -> None:
+        if pr.is_learner:
+            return
+        if self.lead_transferee != NONE:
+            if self.lead_transferee == target:
+                return
+            self.lead_transferee = NONE
+        if target == self.id:
+            return
+        self.election_elapsed = 0  # the transfer must finish within one election timeout
+        self.lead_transferee = target
+        if pr.match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, to=target))
+        else:
+            self._send_append(target)
+
+    # ---------------------------------------------------------------- ReadIndex
+    def _leader_read_index(self, m: Message) -> None:
+        if len(self.voters) == 1:
+            self._answer_read(m.frm, self.log.committed, m.context)
+            return
+        if not self._committed_in_current_term():
+            # Our commit index may lag the real one until this term's first
+            # entry commits; answer afterwards.
+            self._reads_waiting_commit.append(m)
+            return
+        if self.cfg.read_only == ReadOnlyOption.LEASE_BASED:
+            self._answer_read(m.frm, self.log.committed, m.context)
+            return
+        ctx = m.context
+        if ctx in self._reads:
+            return
+        self._reads[ctx] = _PendingRead(self.log.committed, m.frm)
+        self._read_queue.append(ctx)
+        self._bcast_heartbeat(ctx)
+
+    def _release_reads_waiting_commit(self) -> None:
+        if self._reads_waiting_commit and self._committed_in_current_term():
+            waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
+            for m in waiting:
+                self._leader_read_index(m)
+
+    def _ack_read(self, ctx: bytes, frm: int) -> None:
+        st = self._reads.get(ctx)
+        if st is None:
+            return
+        st.acks.add(frm)
+        voters = set(self.voters)
+        if len((st.acks | {self.id}) & voters) < self._quorum():
+            return
+        # A heartbeat round confirms this read and every read queued before it.
+        pos = self._read_queue.index(ctx)
+        done, self._read_queue = self._read_queue[: pos + 1], self._read_queue[pos + 1 :]
+        for c in done:
+            r = self._reads.pop(c)
+            self._answer_read(r.requester, r.index, c)
+
+    def _answer_read(self, requester: int, index: int, ctx: bytes) -> None:
+        if requester == self.id or requester == NONE:
+            self.read_states.append(ReadState(index, ctx))
+        else:
+            self._send(Message(MsgType.READ_INDEX_RESP, to=requester, index=index, context=ctx))
+
+    # ------------------------------------------------------------------ status
+    def progress(self) -> dict[int, tuple[int, int, str]]:
+        """Leader only: ``{id: (match, next, state)}`` for operators and
+        learner promotion checks."""
+        if self.role != Role.LEADER:
+            return {}
+        return {nid: (p.match, p.next, p.state.name) for nid, p in self.prs.items()}
