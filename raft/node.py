@@ -1,0 +1,360 @@
+"""The asyncio driver: runs the pure core against real time, disk and network.
+
+One loop turns Ready batches into I/O in the order Ready demands:
+persist (one write + one fsync) → send → apply → advance. Proposals and read
+requests made between two turns are folded into one append and one ReadIndex
+round, so throughput grows with load instead of paying one fsync per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from .core import Config, Raft
+from .storage import LogStorage, LogWriter
+from .types import (
+    NONE,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MsgType,
+    ProposalDropped,
+    RaftError,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+
+log = logging.getLogger("raft.node")
+
+
+class StateMachine(Protocol):
+    """What the application gives the driver (cf. hashicorp/raft's FSM)."""
+
+    def applied_index(self) -> int:
+        """Last index durably reflected in the state machine (restart point)."""
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        """Apply committed entries in order. Must be deterministic and skip
+        entries at or below ``applied_index()`` (they are re-delivered after a
+        restart). CONF_CHANGE entries are passed too, after the driver applied
+        them to Raft, so the application can update its member list."""
+
+    def restore(self, snapshot: Snapshot, data_path: str | None) -> None:
+        """Replace the whole state with the snapshot received from the leader."""
+
+    def checkpoint(self) -> None:
+        """Make everything applied so far durable (before the log is compacted)."""
+
+
+class Transport(Protocol):
+    def send(self, messages: list[Message]) -> None: ...
+
+
+class SnapshotStore(LogStorage, LogWriter, Protocol):
+    pass
+
+
+@dataclass
+class NodeOptions:
+    tick_interval: float = 0.1  # seconds per tick (= heartbeat interval)
+    snapshot_count: int = 10_000  # applied entries between log compactions
+    catch_up_entries: int = 5_000  # entries kept after a compaction for slow followers
+
+
+class NotLeader(RaftError):
+    pass
+
+
+class RaftNode:
+    """Owns a ``Raft`` core; every core call happens on the event loop thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: SnapshotStore,
+        state_machine: StateMachine,
+        transport: Transport,
+        options: NodeOptions | None = None,
+        on_soft_state: Callable[[SoftState], None] | None = None,
+    ) -> None:
+        self.opts = options or NodeOptions()
+        self.storage = storage
+        self.sm = state_machine
+        self.transport = transport
+        self.on_soft_state = on_soft_state
+        config.applied = max(config.applied, min(state_machine.applied_index(), storage.last_index()))
+        self.raft = Raft(config, storage)
+        self.id = config.id
+        self._proposals: list[bytes] = []
+        self._read_waiters: list[asyncio.Future[int]] = []
+        self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._read_seq = itertools.count(1)
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._received_snapshots: dict[int, str] = {}
+        # (index, conf state) after each applied conf change, so a compaction
+        # point below the applied index gets the membership in force there.
+        first_snap = storage.snapshot().meta
+        self._conf_history: list[tuple[int, ConfState]] = [(first_snap.index, self.raft.conf_state())]
+        self._snapshot_index = first_snap.index
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self.applied = self.raft.log.applied
+        self.leader_changed = asyncio.Event()
+        self._last_leader = NONE
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"raft-{self.id}-loop"),
+            asyncio.create_task(self._ticker(), name=f"raft-{self.id}-ticker"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        err = ProposalDropped("node stopped")
+        for futs in self._reads_in_flight.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(err)
+        for f in self._read_waiters:
+            if not f.done():
+                f.set_exception(err)
+        for _, f in self._apply_waiters:
+            if not f.done():
+                f.set_exception(err)
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.role == Role.LEADER
+
+    @property
+    def leader(self) -> int:
+        return self.raft.lead
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    def propose(self, data: bytes) -> None:
+        """Queue a proposal; it joins the next batch. Raises ProposalDropped
+        at once when no leader is known."""
+        if self._stopped:
+            raise ProposalDropped("node stopped")
+        if self.raft.lead == NONE:
+            raise ProposalDropped("no leader")
+        self._proposals.append(data)
+        self._wake.set()
+
+    def propose_conf_change(self, cc: ConfChange) -> None:
+        self.raft.propose_conf_change(cc)
+        self._wake.set()
+
+    def transfer_leader(self, target: int) -> None:
+        self.raft.transfer_leader(target)
+        self._wake.set()
+
+    def campaign(self) -> None:
+        self.raft.campaign()
+        self._wake.set()
+
+    def read_index(self) -> asyncio.Future[int]:
+        """Future for a linearizable read point. All callers in one loop turn
+        share a single ReadIndex round."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.raft.lead == NONE:
+            fut.set_exception(ProposalDropped("no leader"))
+            return fut
+        self._read_waiters.append(fut)
+        self._wake.set()
+        return fut
+
+    def wait_applied(self, index: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.applied >= index:
+            fut.set_result(None)
+        else:
+            self._apply_waiters.append((index, fut))
+        return fut
+
+    def step(self, msg: Message) -> None:
+        """Called by the transport for every received message."""
+        if self._stopped:
+            return
+        try:
+            self.raft.step(msg)
+        except ProposalDropped:
+            pass
+        except Exception:
+            log.exception("dropping message %s from %d", msg.type.name, msg.frm)
+        self._wake.set()
+
+    def step_snapshot(self, msg: Message, data_path: str) -> None:
+        """A MsgSnap whose application data the transport saved at ``data_path``."""
+        if msg.snapshot is not None:
+            self._received_snapshots[msg.snapshot.meta.index] = data_path
+        self.step(msg)
+
+    def report_unreachable(self, node: int) -> None:
+        self.raft.report_unreachable(node)
+        self._wake.set()
+
+    def report_snapshot(self, node: int, ok: bool) -> None:
+        self.raft.report_snapshot(node, ok)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    async def _ticker(self) -> None:
+        interval = self.opts.tick_interval
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            if loop.time() - deadline > 5 * interval:
+                deadline = loop.time()  # we were paused (SIGSTOP): don't burst ticks
+            self.raft.tick()
+            self._wake.set()
+
+    def _flush_inputs(self) -> None:
+        if self._proposals:
+            batch, self._proposals = self._proposals, []
+            try:
+                self.raft.propose_many(batch)
+            except ProposalDropped as e:
+                log.debug("dropped %d proposals: %s", len(batch), e)
+        if self._read_waiters:
+            waiters, self._read_waiters = self._read_waiters, []
+            ctx = self.id.to_bytes(8, "big") + next(self._read_seq).to_bytes(8, "big")
+            try:
+                self.raft.read_index(ctx)
+            except ProposalDropped as e:
+                for f in waiters:
+                    if not f.done():
+                        f.set_exception(ProposalDropped(str(e)))
+            else:
+                self._reads_in_flight[ctx] = waiters
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._flush_inputs()
+            while self.raft.has_ready():
+                self._handle_ready()
+                self._flush_inputs()
+                # Let gRPC handlers and the transport feed the next batch.
+                await asyncio.sleep(0)
+
+    def _handle_ready(self) -> None:
+        rd = self.raft.ready()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        snap = rd.snapshot
+        if snap is not None and not snap.is_empty:
+            # State first, then the log: a crash in between leaves the state
+            # machine ahead of the log, which replay tolerates; the reverse
+            # would leave a gap nothing can fill.
+            self.sm.restore(snap, self._received_snapshots.pop(snap.meta.index, None))
+            self._conf_history = [(snap.meta.index, snap.meta.conf_state)]
+            self._snapshot_index = snap.meta.index
+        self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
+        if rd.messages:
+            self.transport.send(rd.messages)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        elif snap is not None and not snap.is_empty:
+            self._set_applied(snap.meta.index)
+        for rs in rd.read_states:
+            waiters = self._reads_in_flight.pop(rs.request_ctx, None)
+            for f in waiters or ():
+                if not f.done():
+                    f.set_result(rs.index)
+        self.raft.advance(rd)
+        self._maybe_compact()
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        if ss.leader != self._last_leader:
+            # Reads in flight may never be answered by a changed leadership;
+            # callers see a retryable error instead of hanging.
+            err = ProposalDropped("leader changed")
+            for futs in self._reads_in_flight.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(err)
+            self._reads_in_flight.clear()
+            self._last_leader = ss.leader
+        self.leader_changed.set()
+        self.leader_changed = asyncio.Event()
+        if self.on_soft_state is not None:
+            self.on_soft_state(ss)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    cc = ConfChange.decode(e.data)
+                except ValueError:
+                    log.error("ignoring malformed conf change at %d", e.index)
+                    continue
+                cs = self.raft.apply_conf_change(cc)
+                self._conf_history.append((e.index, cs))
+        self.sm.apply(entries)
+        self._set_applied(entries[-1].index)
+
+    def _set_applied(self, index: int) -> None:
+        self.applied = index
+        if self._apply_waiters:
+            keep = []
+            for idx, f in self._apply_waiters:
+                if idx <= index:
+                    if not f.done():
+                        f.set_result(None)
+                else:
+                    keep.append((idx, f))
+            self._apply_waiters = keep
+
+    def _maybe_compact(self) -> None:
+        applied = self.raft.log.applied
+        if applied - self._snapshot_index < self.opts.snapshot_count + self.opts.catch_up_entries:
+            return
+        index = applied - self.opts.catch_up_entries
+        self.sm.checkpoint()
+        conf = self._conf_history[0][1]
+        for idx, cs in self._conf_history:
+            if idx <= index:
+                conf = cs
+        self._conf_history = [(index, conf)] + [(i, c) for i, c in self._conf_history if i > index]
+        term = self.raft.log.term(index)
+        self.storage.compact(SnapshotMeta(index, term, conf))
+        self._snapshot_index = index
+        log.info("compacted raft log up to index %d", index)
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> dict[str, object]:
+        r = self.raft
+        return {
+            "id": self.id,
+            "term": r.term,
+            "leader": r.lead,
+            "role": r.role.name,
+            "commit": r.log.committed,
+            "applied": r.log.applied,
+            "last_index": r.log.last_index(),
+            "progress": r.progress(),
+        }
