@@ -89,7 +89,9 @@ class RaftNode:
         self.sm = state_machine
         self.transport = transport
         self.on_soft_state = on_soft_state
-        config.applied = max(config.applied, min(state_machine.applied_index(), storage.last_index()))
+        # Raft re-delivers everything after its snapshot on restart, so conf
+        # changes are re-applied to the core; the state machine skips entries
+        # it already has (see StateMachine.apply).
         self.raft = Raft(config, storage)
         self.id = config.id
         self._proposals: list[bytes] = []

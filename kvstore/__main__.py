@@ -1,0 +1,157 @@
+"""``python -m kvstore`` / ``kvstore``: run one member until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Sequence
+from urllib.parse import urlsplit
+
+import grpc
+from aiohttp import web
+
+from . import __version__
+from .api import add_services
+from .config import ConfigError, ServerConfig, parse
+from .http import build_app
+from .server import DataDirError, KvServer
+
+log = logging.getLogger("kvstore")
+
+GRPC_OVERHEAD = 512 * 1024  # etcd allows this much on top of --max-request-bytes
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info).replace("\n", " | ")
+        return json.dumps(out)
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        s = super().format(record)
+        return s.replace("\n", " | ")
+
+
+def setup_logging(cfg: ServerConfig) -> None:
+    level = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}[
+        cfg.log_level
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def grpc_address(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme.startswith("unix"):
+        return f"unix:{parts.path}"
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}"
+
+
+async def serve(cfg: ServerConfig) -> int:
+    server = KvServer(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    runner: web.AppRunner | None = None
+    try:
+        await server.start()
+        add_services(grpc_server, server)
+        for url in cfg.listen_client_urls:
+            try:
+                grpc_server.add_insecure_port(grpc_address(url))
+            except RuntimeError:
+                raise DataDirError(f"cannot listen on client URL {url}: address in use or unavailable") from None
+        await grpc_server.start()
+        runner = web.AppRunner(build_app(server), access_log=None)
+        await runner.setup()
+        for url in cfg.listen_client_http_urls + cfg.listen_metrics_urls:
+            parts = urlsplit(url)
+            try:
+                await web.TCPSite(runner, parts.hostname, parts.port).start()
+            except OSError as e:
+                raise DataDirError(f"cannot listen on HTTP URL {url}: {e.strerror}") from None
+        log.info(
+            "kvstore %s serving: member %x name=%s client=%s peer=%s http=%s",
+            __version__,
+            server.member_id,
+            cfg.name,
+            ",".join(cfg.listen_client_urls),
+            ",".join(cfg.listen_peer_urls),
+            ",".join(cfg.listen_client_http_urls),
+        )
+        removed = asyncio.ensure_future(server.removed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([removed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        for t in (removed, stopped):
+            t.cancel()
+        if server.removed.is_set() and not stop.is_set():
+            log.warning("member removed from the cluster: shutting down")
+        log.info("shutting down")
+        return 0
+    finally:
+        await grpc_server.stop(grace=1.0)
+        if runner is not None:
+            await runner.cleanup()
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--version" in argv:
+        print(f"kvstore {__version__} (etcd API 3.4)")
+        return 0
+    try:
+        cfg = parse(argv)
+    except ConfigError as e:
+        print(f"kvstore: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(serve(cfg))
+    except DataDirError as e:
+        print(f"kvstore: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

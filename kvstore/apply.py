@@ -1,0 +1,258 @@
+"""The key-value state machine: committed Raft entries → MVCC store.
+
+Deterministic by construction: every member applies the same entries to the
+same bytes. A whole batch of entries is one LMDB write transaction; results
+go back to the member that proposed each request (matched by request id), and
+the batch's events go to the watch hub only after the transaction commits.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from google.protobuf.message import DecodeError
+
+from raft.types import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
+
+from . import errors, members
+from .errors import EtcdError
+from .mvcc import MvccStore
+from .pb import internal_pb2, kv_pb2, rpc_pb2
+
+log = logging.getLogger("kvstore.apply")
+
+ALARMS_KEY = b"alarms"
+
+
+class EventSink(Protocol):
+    def notify(self, revision: int, events: list[kv_pb2.Event]) -> None: ...
+
+
+class LeaseObserver(Protocol):
+    def on_grant(self, lease_id: int, ttl: int) -> None: ...
+
+    def on_revoke(self, lease_id: int) -> None: ...
+
+    def on_restore(self) -> None: ...
+
+
+@dataclass
+class Applied:
+    """What the proposer gets back: a response message or an error."""
+
+    response: object | None
+    error: EtcdError | None
+    revision: int
+
+
+class Applier:
+    """Implements raft.node.StateMachine for the key-value store."""
+
+    def __init__(
+        self,
+        store: MvccStore,
+        member_id: int,
+        on_result: Callable[[int, Applied], None],
+        on_members_changed: Callable[[members.MemberList], None],
+    ) -> None:
+        self.store = store
+        self.member_id = member_id
+        self.on_result = on_result
+        self.on_members_changed = on_members_changed
+        self.event_sinks: list[EventSink] = []
+        self.lease_observers: list[LeaseObserver] = []
+        self.members = members.load(store.get_meta(members.META_KEY))
+        self.alarms = self._load_alarms()
+        self.term = 0  # raft term of the last applied entry (for headers)
+
+    # -- raft.node.StateMachine ----------------------------------------------
+    def applied_index(self) -> int:
+        return self.store.consistent_index
+
+    def checkpoint(self) -> None:
+        self.store.checkpoint()
+
+    def restore(self, snapshot: Snapshot, data_path: str | None) -> None:
+        if data_path is None:
+            raise RuntimeError("snapshot received without state data")
+        self.store.restore(data_path)
+        self.members = members.load(self.store.get_meta(members.META_KEY))
+        self.alarms = self._load_alarms()
+        self.on_members_changed(self.members)
+        for obs in self.lease_observers:
+            obs.on_restore()
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        ci = self.store.consistent_index
+        todo = [e for e in entries if e.index > ci]
+        if not todo:
+            return
+        results: list[tuple[int, Applied]] = []
+        all_events: list[kv_pb2.Event] = []
+        granted: list[tuple[int, int]] = []
+        revoked: list[int] = []
+        members_changed = False
+        with self.store.write() as batch:
+            for e in todo:
+                self.term = e.term
+                if e.type == EntryType.CONF_CHANGE:
+                    rid, proposer = self._apply_conf_change(batch, e)
+                    members_changed = True
+                    if proposer == self.member_id:
+                        results.append((rid, Applied(None, None, self.store.current_revision)))
+                    continue
+                if not e.data:
+                    continue  # a new leader's empty entry
+                req = internal_pb2.InternalRequest()
+                try:
+                    req.ParseFromString(e.data)
+                except DecodeError:
+                    log.error("skipping undecodable entry at index %d", e.index)
+                    continue
+                kind = req.WhichOneof("request")
+                try:
+                    resp, events = self._dispatch(batch, req, kind)
+                    err = None
+                except EtcdError as ex:
+                    resp, events, err = None, [], ex
+                if err is None:
+                    if kind == "lease_grant":
+                        granted.append((req.lease_grant.ID, req.lease_grant.TTL))
+                    elif kind == "lease_revoke":
+                        revoked.append(req.lease_revoke.ID)
+                    elif kind in ("member_attributes", "member_update"):
+                        members_changed = True
+                if events:
+                    all_events.extend(events)
+                if req.member_id == self.member_id:
+                    results.append((req.id, Applied(resp, err, self.store.current_revision)))
+            batch.set_consistent_index(todo[-1].index)
+        # Committed: now tell the rest of the server.
+        if all_events:
+            for sink in self.event_sinks:
+                sink.notify(self.store.current_revision, all_events)
+        for obs in self.lease_observers:
+            for lid, ttl in granted:
+                obs.on_grant(lid, ttl)
+            for lid in revoked:
+                obs.on_revoke(lid)
+        if members_changed:
+            self.on_members_changed(self.members)
+        for rid, res in results:
+            self.on_result(rid, res)
+
+    # -- requests ----------------------------------------------------------------
+    def _dispatch(self, batch, req: internal_pb2.InternalRequest, kind: str | None):
+        if kind in ("put", "txn") and self._nospace_blocks(req, kind):
+            raise errors.NO_SPACE
+        if kind == "put":
+            return batch.put(req.put)
+        if kind == "delete_range":
+            return batch.delete_range(req.delete_range)
+        if kind == "txn":
+            return batch.txn(req.txn)
+        if kind == "compaction":
+            c = req.compaction
+            batch.compact(c.revision, c.physical)
+            return rpc_pb2.CompactionResponse(), []
+        if kind == "lease_grant":
+            g = req.lease_grant
+            batch.lease_grant(g.ID, g.TTL)
+            return rpc_pb2.LeaseGrantResponse(ID=g.ID, TTL=g.TTL), []
+        if kind == "lease_revoke":
+            events = batch.lease_revoke(req.lease_revoke.ID)
+            return rpc_pb2.LeaseRevokeResponse(), events
+        if kind == "alarm":
+            return self._apply_alarm(batch, req.alarm), []
+        if kind == "member_attributes":
+            a = req.member_attributes
+            m = members.find(self.members, a.id)
+            if m is not None:
+                m.name = a.name
+                del m.client_urls[:]
+                m.client_urls.extend(a.client_urls)
+                batch.put_meta(members.META_KEY, members.dump(self.members))
+            return None, []
+        if kind == "member_update":
+            u = req.member_update
+            m = members.find(self.members, u.id)
+            if m is None:
+                raise errors.MEMBER_NOT_FOUND
+            del m.peer_urls[:]
+            m.peer_urls.extend(u.peer_urls)
+            batch.put_meta(members.META_KEY, members.dump(self.members))
+            return rpc_pb2.MemberUpdateResponse(), []
+        if kind == "lease_checkpoint":
+            return None, []
+        raise errors.EtcdError(errors.INVALID_AUTH_MGMT.code, f"kvstore: unknown request {kind!r}")
+
+    def _nospace_blocks(self, req: internal_pb2.InternalRequest, kind: str) -> bool:
+        if rpc_pb2.NOSPACE not in {a.alarm for a in self.alarms.alarms}:
+            return False
+        if kind == "txn":
+            # A read-only or delete-only transaction may still run: it frees space.
+            return _txn_has_put(req.txn)
+        return True
+
+    # -- alarms ------------------------------------------------------------------
+    def _load_alarms(self) -> rpc_pb2.AlarmResponse:
+        resp = rpc_pb2.AlarmResponse()
+        raw = self.store.get_meta(ALARMS_KEY)
+        if raw:
+            resp.ParseFromString(raw)
+        return resp
+
+    def _apply_alarm(self, batch, a: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
+        current = {(m.memberID, m.alarm) for m in self.alarms.alarms}
+        changed: list[rpc_pb2.AlarmMember] = []
+        if a.action == rpc_pb2.AlarmRequest.ACTIVATE and a.alarm != rpc_pb2.NONE:
+            if (a.memberID, a.alarm) not in current:
+                current.add((a.memberID, a.alarm))
+                changed.append(rpc_pb2.AlarmMember(memberID=a.memberID, alarm=a.alarm))
+        elif a.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            for mid, al in sorted(current):
+                if (a.memberID in (0, mid)) and (a.alarm in (rpc_pb2.NONE, al)):
+                    current.discard((mid, al))
+                    changed.append(rpc_pb2.AlarmMember(memberID=mid, alarm=al))
+        else:
+            return rpc_pb2.AlarmResponse(alarms=list(self.alarms.alarms))
+        self.alarms = rpc_pb2.AlarmResponse(
+            alarms=[rpc_pb2.AlarmMember(memberID=m, alarm=al) for m, al in sorted(current)]
+        )
+        batch.put_meta(ALARMS_KEY, self.alarms.SerializeToString(deterministic=True))
+        return rpc_pb2.AlarmResponse(alarms=changed)
+
+    # -- membership --------------------------------------------------------------
+    def _apply_conf_change(self, batch, e: Entry) -> tuple[int, int]:
+        try:
+            cc = ConfChange.decode(e.data)
+            ctx = internal_pb2.InternalRequest()
+            ctx.ParseFromString(cc.context)
+        except (ValueError, DecodeError):
+            log.error("skipping malformed conf change at index %d", e.index)
+            return 0, 0
+        ml = self.members
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            members.remove(ml, cc.node_id)
+        else:
+            m = members.find(ml, cc.node_id)
+            if m is None:
+                m = internal_pb2.Member()
+                if ctx.HasField("member_update"):
+                    m.CopyFrom(ctx.member_update)
+                m.id = cc.node_id
+            m.is_learner = cc.type == ConfChangeType.ADD_LEARNER
+            members.upsert(ml, m)
+        batch.put_meta(members.META_KEY, members.dump(ml))
+        return ctx.id, ctx.member_id
+
+
+def _txn_has_put(txn: rpc_pb2.TxnRequest) -> bool:
+    for op in list(txn.success) + list(txn.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            return True
+        if kind == "request_txn" and _txn_has_put(op.request_txn):
+            return True
+    return False

@@ -1,0 +1,231 @@
+"""Server configuration: etcd's flag names, each also read from ``KVSTORE_<FLAG>``.
+
+A flag on the command line beats the environment variable; both beat the
+default. Validation errors are ``ConfigError`` with a one-line message that
+``__main__`` prints without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+from urllib.parse import urlsplit
+
+DEFAULT_CLIENT_URL = "http://127.0.0.1:2379"
+DEFAULT_PEER_URL = "http://127.0.0.1:2380"
+DEFAULT_HTTP_URL = "http://127.0.0.1:2378"  # friendly HTTP API, health, gateway
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    name: str = "default"
+    data_dir: str = ""
+    listen_client_urls: list[str] = field(default_factory=lambda: [DEFAULT_CLIENT_URL])
+    advertise_client_urls: list[str] = field(default_factory=list)
+    listen_peer_urls: list[str] = field(default_factory=lambda: [DEFAULT_PEER_URL])
+    initial_advertise_peer_urls: list[str] = field(default_factory=list)
+    initial_cluster: dict[str, list[str]] = field(default_factory=dict)
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "kvstore-cluster"
+    listen_client_http_urls: list[str] = field(default_factory=lambda: [DEFAULT_HTTP_URL])
+    listen_metrics_urls: list[str] = field(default_factory=list)
+    heartbeat_interval: int = 100  # ms
+    election_timeout: int = 1000  # ms
+    snapshot_count: int = 100_000
+    quota_backend_bytes: int = 2 << 30
+    max_request_bytes: int = 1_572_864
+    max_txn_ops: int = 128
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def election_ticks(self) -> int:
+        return max(2, self.election_timeout // self.heartbeat_interval)
+
+    @property
+    def cluster_id(self) -> int:
+        return _hash64(b"cluster\n" + self.initial_cluster_token.encode())
+
+    def member_id(self, peer_urls: Sequence[str]) -> int:
+        return member_id(peer_urls, self.initial_cluster_token)
+
+
+def _hash64(data: bytes) -> int:
+    v = int.from_bytes(hashlib.sha1(data).digest()[:8], "big")
+    return v or 1
+
+
+def member_id(peer_urls: Sequence[str], token: str) -> int:
+    """Deterministic, like etcd's: every initial member computes the same IDs."""
+    return _hash64("\n".join(sorted(peer_urls)).encode() + b"\n" + token.encode())
+
+
+# name, type, help. Types: str, int, urls, choice:<a|b>, cluster
+_FLAGS: list[tuple[str, str, str]] = [
+    ("name", "str", "human-readable name for this member"),
+    ("data-dir", "str", "path to the data directory (default: ./<name>.kvstore)"),
+    ("listen-client-urls", "urls", "URLs to serve the gRPC client API on"),
+    ("advertise-client-urls", "urls", "client URLs to advertise to the cluster"),
+    ("listen-peer-urls", "urls", "URLs to listen on for peer traffic"),
+    ("initial-advertise-peer-urls", "urls", "peer URLs to advertise to the cluster"),
+    ("initial-cluster", "cluster", "initial cluster: name=peerURL,name=peerURL,..."),
+    ("initial-cluster-state", "choice:new|existing", "new cluster or join an existing one"),
+    ("initial-cluster-token", "str", "initial cluster token, unique per cluster"),
+    ("listen-client-http-urls", "urls", f"URLs for the HTTP API and /health (default {DEFAULT_HTTP_URL})"),
+    ("listen-metrics-urls", "urls", "extra URLs serving /metrics and /health"),
+    ("heartbeat-interval", "int", "time (ms) of a heartbeat interval"),
+    ("election-timeout", "int", "time (ms) for an election to timeout"),
+    ("snapshot-count", "int", "applied entries between Raft log compactions"),
+    ("quota-backend-bytes", "int", "raise an alarm when the backend exceeds this size (0 = default 2 GiB)"),
+    ("max-request-bytes", "int", "maximum client request size in bytes"),
+    ("max-txn-ops", "int", "maximum number of operations per transaction"),
+    ("log-level", "choice:debug|info|warn|error", "log level"),
+    ("log-format", "choice:text|json", "log line format"),
+]
+
+
+def env_var(flag: str) -> str:
+    return "KVSTORE_" + flag.upper().replace("-", "_")
+
+
+def _parse_urls(flag: str, value: str) -> list[str]:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"--{flag}: expected at least one URL")
+    for u in urls:
+        check_url(flag, u)
+    return urls
+
+
+def check_url(flag: str, url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "unix", "unixs"):
+        raise ConfigError(f"--{flag}: URL scheme must be http or https: {url!r}")
+    if parts.scheme.startswith("unix"):
+        return parts.path, 0
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--{flag}: invalid port in {url!r}") from None
+    if not parts.hostname or port is None:
+        raise ConfigError(f"--{flag}: URL must have a host and a port: {url!r}")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"--{flag}: URL must not have a path: {url!r}")
+    return parts.hostname, port
+
+
+def _parse_cluster(value: str) -> dict[str, list[str]]:
+    cluster: dict[str, list[str]] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--initial-cluster: expected name=URL, got {item!r}")
+        name, url = item.split("=", 1)
+        check_url("initial-cluster", url)
+        cluster.setdefault(name, []).append(url)
+    if not cluster:
+        raise ConfigError("--initial-cluster: empty")
+    return cluster
+
+
+def _convert(flag: str, kind: str, value: str) -> object:
+    if kind == "str":
+        return value
+    if kind == "int":
+        try:
+            v = int(value)
+        except ValueError:
+            raise ConfigError(f"--{flag}: expected an integer, got {value!r}") from None
+        if v < 0:
+            raise ConfigError(f"--{flag}: must not be negative")
+        return v
+    if kind == "urls":
+        return _parse_urls(flag, value)
+    if kind == "cluster":
+        return _parse_cluster(value)
+    choices = kind.split(":", 1)[1].split("|")
+    if value not in choices:
+        raise ConfigError(f"--{flag}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kvstore",
+        description="kvstore: a distributed key-value configuration store (etcd v3 API). "
+        "Every flag can also be set with KVSTORE_<FLAG> (e.g. KVSTORE_NAME).",
+    )
+    for flag, _kind, help_ in _FLAGS:
+        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), default=None, help=help_)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def parse(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    environ = dict(os.environ) if environ is None else environ
+    ns = build_parser().parse_args(list(argv))
+    cfg = ServerConfig()
+    given: set[str] = set()
+    for flag, kind, _ in _FLAGS:
+        attr = flag.replace("-", "_")
+        raw = getattr(ns, attr)
+        if raw is None:
+            raw = environ.get(env_var(flag))
+        if raw is None:
+            continue
+        given.add(flag)
+        setattr(cfg, attr, _convert(flag, kind, raw))
+    # etcd's derived defaults.
+    if "data-dir" not in given:
+        cfg.data_dir = f"{cfg.name}.kvstore"
+    if not cfg.advertise_client_urls:
+        cfg.advertise_client_urls = list(cfg.listen_client_urls)
+    if not cfg.initial_advertise_peer_urls:
+        cfg.initial_advertise_peer_urls = list(cfg.listen_peer_urls)
+    if not cfg.initial_cluster:
+        cfg.initial_cluster = {cfg.name: list(cfg.initial_advertise_peer_urls)}
+    if cfg.quota_backend_bytes == 0:
+        cfg.quota_backend_bytes = 2 << 30
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ServerConfig) -> None:
+    if not cfg.name:
+        raise ConfigError("--name must not be empty")
+    if cfg.name not in cfg.initial_cluster:
+        raise ConfigError(
+            f"--initial-cluster has no entry for this member's --name {cfg.name!r}"
+        )
+    mine = sorted(cfg.initial_cluster[cfg.name])
+    if mine != sorted(cfg.initial_advertise_peer_urls):
+        raise ConfigError(
+            f"--initial-cluster entry for {cfg.name!r} ({','.join(mine)}) does not match "
+            f"--initial-advertise-peer-urls ({','.join(cfg.initial_advertise_peer_urls)})"
+        )
+    ids = [member_id(u, cfg.initial_cluster_token) for u in cfg.initial_cluster.values()]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("--initial-cluster: two members share the same peer URLs")
+    if cfg.heartbeat_interval <= 0:
+        raise ConfigError("--heartbeat-interval must be positive")
+    if cfg.election_timeout < 5 * cfg.heartbeat_interval:
+        raise ConfigError("--election-timeout must be at least 5 times --heartbeat-interval")
+    if cfg.max_request_bytes <= 0:
+        raise ConfigError("--max-request-bytes must be positive")
+    if cfg.max_txn_ops <= 0:
+        raise ConfigError("--max-txn-ops must be positive")
+    if cfg.snapshot_count <= 0:
+        raise ConfigError("--snapshot-count must be positive")

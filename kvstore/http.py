@@ -1,0 +1,47 @@
+"""The HTTP listener: health and version endpoints (the friendly REST API and
+the etcd JSON gateway mount here too)."""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from . import __version__
+from .server import API_VERSION, KvServer
+
+
+def _json(body: dict[str, object], status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
+
+
+def health_handlers(server: KvServer) -> list[web.RouteDef]:
+    async def health(_: web.Request) -> web.Response:
+        if not server.has_leader():
+            return _json({"health": "false", "reason": "no leader"}, 503)
+        if server.applier.alarms.alarms:
+            return _json({"health": "false", "reason": "alarm activated"}, 503)
+        return _json({"health": "true", "reason": ""})
+
+    async def livez(_: web.Request) -> web.Response:
+        return _json({"live": "true"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if not server.has_leader():
+            return _json({"ready": "false", "reason": "no leader"}, 503)
+        return _json({"ready": "true"})
+
+    async def version(_: web.Request) -> web.Response:
+        return _json({"etcdserver": API_VERSION, "etcdcluster": API_VERSION, "kvstore": __version__})
+
+    return [
+        web.get("/health", health),
+        web.get("/livez", livez),
+        web.get("/readyz", readyz),
+        web.get("/version", version),
+    ]
+
+
+def build_app(server: KvServer) -> web.Application:
+    app = web.Application(client_max_size=server.cfg.max_request_bytes + 1024)
+    app.add_routes(health_handlers(server))
+    return app
