@@ -1,0 +1,182 @@
+"""The asyncio driver with in-memory storage and network: ordering, batching,
+ReadIndex, leader change."""
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Sequence
+
+from raft.core import Config
+from raft.node import NodeOptions, RaftNode
+from raft.storage import MemoryStorage
+from raft.types import ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot
+
+
+class ListMachine:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.index = 0
+        self.batches = 0
+
+    def applied_index(self) -> int:
+        return self.index
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        self.batches += 1
+        for e in entries:
+            if e.index <= self.index:
+                continue
+            if e.type == EntryType.NORMAL and e.data:
+                self.data.append(e.data)
+            self.index = e.index
+
+    def restore(self, snapshot: Snapshot, data_path: str | None) -> None:
+        raise AssertionError("no snapshots in this test")
+
+    def checkpoint(self) -> None:
+        pass
+
+
+class CountingStorage(MemoryStorage):
+    def __init__(self, voters):
+        super().__init__(voters)
+        self.syncs = 0
+
+    def save(self, hard_state, entries, snapshot, sync=True):
+        if sync:
+            self.syncs += 1
+        super().save(hard_state, entries, snapshot, sync)
+
+
+class Net:
+    """Delivers on the next loop turn, like a real transport; can cut nodes off."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, RaftNode] = {}
+        self.down: set[int] = set()
+
+    def transport(self, me: int) -> "Net._T":
+        return Net._T(self, me)
+
+    class _T:
+        def __init__(self, net: "Net", me: int) -> None:
+            self.net, self.me = net, me
+
+        def send(self, messages: list[Message]) -> None:
+            loop = asyncio.get_running_loop()
+            for m in messages:
+                if self.me in self.net.down or m.to in self.net.down:
+                    continue
+                loop.call_soon(self.net.nodes[m.to].step, m)
+
+
+async def make_cluster(n: int = 3):
+    ids = list(range(1, n + 1))
+    net = Net()
+    machines, stores = {}, {}
+    for i in ids:
+        machines[i] = ListMachine()
+        stores[i] = CountingStorage(ids)
+        node = RaftNode(
+            Config(i, election_tick=10, rng=random.Random(i)), stores[i], machines[i], net.transport(i),
+            NodeOptions(tick_interval=0.01),
+        )
+        net.nodes[i] = node
+    for node in net.nodes.values():
+        await node.start()
+    return net, machines, stores
+
+
+async def wait_leader(net: Net, exclude: set[int] = frozenset()) -> RaftNode:
+    for _ in range(1000):
+        leaders = [n for i, n in net.nodes.items() if n.is_leader and i not in exclude and i not in net.down]
+        if leaders:
+            return leaders[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no leader elected")
+
+
+async def wait_until(pred, what: str) -> None:
+    for _ in range(2000):
+        if pred():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_proposals_batch_and_replicate_in_order() -> None:
+    async def main() -> None:
+        net, machines, stores = await make_cluster()
+        leader = await wait_leader(net)
+        await wait_until(lambda: all(n.leader == leader.id for n in net.nodes.values()), "followers to know the leader")
+        syncs_before = stores[leader.id].syncs
+        for k in range(200):
+            leader.propose(b"v%d" % k)
+        want = [b"v%d" % k for k in range(200)]
+        await wait_until(lambda: all(m.data == want for m in machines.values()), "all applied")
+        # 200 proposals made in one loop turn are one append: far fewer fsyncs than proposals.
+        assert stores[leader.id].syncs - syncs_before < 20
+        # A follower's proposal is forwarded to the leader.
+        follower = next(n for n in net.nodes.values() if not n.is_leader)
+        follower.propose(b"from-follower")
+        await wait_until(lambda: all(m.data[-1:] == [b"from-follower"] for m in machines.values()), "forwarded")
+        for n in net.nodes.values():
+            await n.stop()
+
+    asyncio.run(main())
+
+
+def test_read_index_sees_acknowledged_writes_and_batches() -> None:
+    async def main() -> None:
+        net, machines, _ = await make_cluster()
+        leader = await wait_leader(net)
+        await wait_until(lambda: all(n.leader == leader.id for n in net.nodes.values()), "followers")
+        leader.propose(b"x")
+        await wait_until(lambda: machines[leader.id].data == [b"x"], "leader applied")
+        follower = next(n for n in net.nodes.values() if not n.is_leader)
+        futs = [follower.read_index() for _ in range(50)]
+        indexes = await asyncio.gather(*futs)
+        assert len(set(indexes)) == 1, "50 concurrent reads share one ReadIndex round"
+        await follower.wait_applied(indexes[0])
+        assert machines[follower.id].data == [b"x"]
+        for n in net.nodes.values():
+            await n.stop()
+
+    asyncio.run(main())
+
+
+def test_new_leader_after_leader_is_cut_off_keeps_writes() -> None:
+    async def main() -> None:
+        net, machines, _ = await make_cluster()
+        leader = await wait_leader(net)
+        await wait_until(lambda: all(n.leader == leader.id for n in net.nodes.values()), "followers")
+        leader.propose(b"before")
+        await wait_until(lambda: all(m.data == [b"before"] for m in machines.values()), "replicated")
+        net.down.add(leader.id)
+        new = await wait_leader(net, exclude={leader.id})
+        assert new.term > leader.term or new.id != leader.id
+        new.propose(b"after")
+        others = [i for i in net.nodes if i != leader.id]
+        await wait_until(lambda: all(machines[i].data == [b"before", b"after"] for i in others), "new leader commits")
+        net.down.clear()
+        await wait_until(lambda: machines[leader.id].data == [b"before", b"after"], "old leader catches up")
+        for n in net.nodes.values():
+            await n.stop()
+
+    asyncio.run(main())
+
+
+def test_conf_change_adds_learner_through_driver() -> None:
+    async def main() -> None:
+        net, machines, _ = await make_cluster()
+        leader = await wait_leader(net)
+        await wait_until(lambda: all(n.leader == leader.id for n in net.nodes.values()), "followers")
+        leader.propose(b"a")
+        await wait_until(lambda: machines[leader.id].data == [b"a"], "applied")
+        leader.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 9))
+        await wait_until(lambda: 9 in leader.raft.prs and leader.raft.prs[9].is_learner, "learner added")
+        assert sorted(leader.raft.voters) == [1, 2, 3]
+        for n in net.nodes.values():
+            await n.stop()
+
+    asyncio.run(main())
