@@ -1,0 +1,1 @@
+"""Benchmark harness: kvstore against real etcd, same workloads, same load generator."""
