@@ -56,8 +56,9 @@ APT_OPTS=(
     -o "Dir::Etc::SourceParts=$APT_DIR/none.d"
     -o "Dir::State::Lists=$APT_DIR/lists"
     -o "Dir::Cache=$APT_DIR/cache"
-    -o "APT::Sandbox::User=root"
 )
+# apt downloads as the unprivileged _apt user, who cannot write into our folders.
+if [[ $(id -u) -eq 0 ]]; then APT_OPTS+=(-o "APT::Sandbox::User=root"); fi
 mkdir -p "$APT_DIR/none.d"
 
 # 3. Fetch and unpack etcd's source package.

@@ -134,7 +134,9 @@ class Worker:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while True:
             line = (await reader.readline()).decode().strip()
-            if not line:  # EOF: the coordinator went away
+            if not line or line == "STOP":  # STOP, or EOF: the coordinator went away
+                self.stop_t = time.monotonic()
+                self.stop_cpu = _cpu()
                 self.rec.stopped = True
                 self.stop.set()
                 self.go.set()
@@ -145,12 +147,6 @@ class Worker:
                 self.mark_t = time.monotonic()
                 self.mark_cpu = _cpu()
                 self.rec.marked = True
-            elif line == "STOP":
-                self.stop_t = time.monotonic()
-                self.stop_cpu = _cpu()
-                self.rec.stopped = True
-                self.stop.set()
-                return
 
     async def run(self) -> dict[str, Any]:
         await self.connect()
@@ -346,7 +342,8 @@ class Worker:
             except Exception:  # noqa: BLE001
                 pass
 
-    # -- mixed config-store load: `read_pct` % linearizable single-key reads, rest puts
+    # -- mixed config-store load: `read_pct` % linearizable single-key reads, rest puts;
+    #    with `shards`, key k is "<prefix><k % shards>/<k>"
     async def run_mixed(self, i: int) -> None:
         kv = self.pbg.KVStub(self.channel(i))
         pb = self.pb
@@ -355,8 +352,10 @@ class Worker:
         read_pct = float(self.spec.get("read_pct", 95))
         rnd = random.Random(i * 7919 + int(self.spec.get("index", 0)))
         prefix = self.prefix()
+        shards = int(self.spec.get("shards", 0))
         while True:
-            key = prefix + b"cfg/" + str(rnd.randrange(space)).encode()
+            k = rnd.randrange(space)
+            key = prefix + (f"{k % shards}/{k}" if shards else str(k)).encode()
             t0 = time.monotonic_ns()
             try:
                 if rnd.random() * 100 < read_pct:
@@ -373,19 +372,26 @@ class Worker:
     #    one op, its latency = receive time - the writer's timestamp in the value.
     async def setup_watch(self) -> None:
         pb = self.pb
-        prefix = self.prefix()
-        range_end = _prefix_end(prefix)
+        base = self.prefix()
+        shards = int(self.spec.get("shards", 0))
         n_streams = int(self.spec.get("streams", 1))
         watchers = int(self.spec["watchers"])
+        first = int(self.spec.get("index", 0)) * watchers  # global number of our first watcher
         self.streams: list[Any] = []
         self.created = 0
+        j = 0
         for s in range(n_streams):
             n = watchers // n_streams + (1 if s < watchers % n_streams else 0)
             call = self.pbg.WatchStub(self.channel(s)).Watch()
             for _ in range(n):
+                # With shards, watcher j watches the sub-prefix "<prefix><j % shards>/".
+                prefix = base + f"{(first + j) % shards}/".encode() if shards else base
+                j += 1
                 await call.write(
                     pb.WatchRequest(
-                        create_request=pb.WatchCreateRequest(key=prefix, range_end=range_end)
+                        create_request=pb.WatchCreateRequest(
+                            key=prefix, range_end=_prefix_end(prefix)
+                        )
                     )
                 )
             got = 0

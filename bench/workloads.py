@@ -143,13 +143,14 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             name="mixed-95r",
             description="config-store mix: 32 clients, 95% linearizable gets / 5% puts on "
-            "1,000 keys, 100 watchers on the prefix",
+            "1,000 keys in 10 sub-prefixes, 100 watchers (10 per sub-prefix)",
             py=(
                 Group("mixed", procs=2, clients=32, conns=4,
                       params={"read_pct": 95, "key_space": 1000, "val_size": VAL_SIZE,
-                              "prefix": "bench/mixed/"}),
+                              "prefix": "bench/mixed/", "shards": 10}),
                 Group("watch", procs=1, conns=1, measured=False,
-                      params={"watchers": 100, "streams": 1, "prefix": "bench/mixed/"}),
+                      params={"watchers": 100, "streams": 1, "prefix": "bench/mixed/",
+                              "shards": 10}),
             ),
         ),
     ]

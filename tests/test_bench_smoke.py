@@ -135,3 +135,13 @@ def test_cli_defaults_and_workloads() -> None:
     assert all(w.go or w.py for w in WORKLOADS.values())
     put = WORKLOADS["put-64"]
     assert "--total" in put.go_args(123) and "123" in put.go_args(123)
+
+
+def test_median_of_repeats() -> None:
+    from bench.cli import median_result
+
+    runs = [report.Result("put-1", "etcd", "go", ops_per_s=v, p50_ms=v / 100, p99_ms=1.0)
+            for v in (300.0, 100.0, 200.0)]
+    m = median_result(runs)
+    assert m.ops_per_s == 200.0 and m.p50_ms == 2.0
+    assert m.extra["runs_ops_per_s"] == [300.0, 100.0, 200.0]
