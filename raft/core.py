@@ -118,6 +118,7 @@ class Raft:
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._reset_randomized_timeout()
+        self._replay_conf_changes()
 
     # ------------------------------------------------------------------ config
     @property
@@ -145,6 +146,20 @@ class Raft:
             self.prs[v] = Progress(nxt, self.cfg.max_inflight_msgs)
         for l in conf.learners:
             self.prs[l] = Progress(nxt, self.cfg.max_inflight_msgs, is_learner=True)
+
+    def _replay_conf_changes(self) -> None:
+        """Restart with ``Config.applied`` past the snapshot: the entries up to
+        it are not handed out again, so the conf changes among them (already
+        applied by the application) are re-applied here, on top of the
+        snapshot's configuration, to rebuild the membership at ``applied``."""
+        lo = self.log.first_index()
+        hi = self.log.applied + 1
+        while lo < hi:
+            ents = self.log.entries(lo, hi, self.cfg.max_size_per_msg)
+            for e in ents:
+                if e.type == EntryType.CONF_CHANGE:
+                    self.apply_conf_change(ConfChange.decode(e.data))
+            lo = ents[-1].index + 1
 
     # ---------------------------------------------------------------- public API
     def tick(self) -> None:
@@ -580,7 +595,11 @@ class Raft:
         return False
 
     def _send(self, m: Message) -> None:
-        m.frm = self.id
+        if m.frm == NONE:
+            # A forwarded message keeps its origin: the leader answers a
+            # READ_INDEX to the node that asked, and TRANSFER_LEADER names
+            # its target in ``frm``.
+            m.frm = self.id
         if m.type not in _VOTE_RESP.values() and m.type not in (MsgType.VOTE, MsgType.PRE_VOTE):
             if m.type not in _UNTERMED:
                 m.term = self.term

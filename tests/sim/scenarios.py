@@ -1,0 +1,129 @@
+"""Named fault mixes for the cluster simulator.
+
+A scenario only sets probabilities and sizes; everything else is decided by
+the seeded RNG, so ``(scenario, seed)`` replays one run exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    sizes: tuple[int, ...] = (3, 5)
+    chaos_ticks: int = 240
+    # -- network (time unit: 1/10 of a tick) --------------------------------
+    drop: float = 0.0  # per message
+    dup: float = 0.0  # per message: deliver a second copy
+    delay: tuple[int, int] = (1, 8)  # normal one-way delay, units
+    long_delay: float = 0.0  # per message: a long delay (reorders across ticks)
+    long_delay_max: int = 80
+    partition_rate: float = 0.0  # per tick: start a new partition
+    heal_rate: float = 0.05  # per tick: heal the current partition
+    one_way: float = 0.3  # a new partition also cuts one random link one way
+    unreachable_report: float = 0.5  # a message lost to a partition is reported
+    # -- nodes ---------------------------------------------------------------
+    crash_rate: float = 0.0  # per tick for the cluster
+    max_down: int = 1  # nodes down at once (chaos phase)
+    restart_after: tuple[int, int] = (3, 50)  # ticks
+    async_ready: float = 0.3  # incarnations that step messages while a Ready is persisted
+    ready_delay: tuple[int, int] = (0, 3)  # units from "has ready" to ready()
+    fsync_delay: tuple[int, int] = (0, 6)  # units a Ready spends being persisted (async mode)
+    tick_skip: float = 0.02  # a node misses a tick (scheduling hiccup)
+    checkpoint_rate: float = 0.1  # per applied batch: state machine becomes durable
+    snapshot_count: int = 0  # compact every N applied entries (0: never)
+    small_msgs: float = 0.5  # runs with tiny max_size_per_msg / inflight windows
+    classic: float = 0.0  # runs with PreVote/CheckQuorum switched off (safety only)
+    # -- clients -------------------------------------------------------------
+    propose_rate: float = 0.6  # per tick
+    batch_max: int = 3
+    follower_propose: float = 0.4  # propose through a follower (forwarding)
+    read_rate: float = 0.25
+    transfer_rate: float = 0.0
+    membership: bool = False
+    member_every: int = 25  # ticks between membership actions
+
+
+BASE = Scenario("calm")
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        BASE,
+        replace(BASE, name="lossy", drop=0.1, dup=0.05, long_delay=0.08, snapshot_count=40),
+        replace(
+            BASE,
+            name="partition",
+            drop=0.02,
+            partition_rate=0.03,
+            heal_rate=0.06,
+            long_delay=0.03,
+            snapshot_count=30,
+        ),
+        replace(
+            BASE,
+            name="crash",
+            drop=0.02,
+            crash_rate=0.03,
+            max_down=2,
+            snapshot_count=25,
+            checkpoint_rate=0.2,
+        ),
+        replace(
+            BASE,
+            name="snapshot",
+            sizes=(3, 5),
+            drop=0.03,
+            partition_rate=0.02,
+            heal_rate=0.03,
+            crash_rate=0.02,
+            snapshot_count=8,
+            propose_rate=0.9,
+        ),
+        replace(
+            BASE,
+            name="transfer",
+            drop=0.03,
+            dup=0.02,
+            transfer_rate=0.06,
+            crash_rate=0.01,
+            partition_rate=0.01,
+            snapshot_count=30,
+        ),
+        replace(
+            BASE,
+            name="membership",
+            drop=0.02,
+            dup=0.02,
+            membership=True,
+            snapshot_count=20,
+            crash_rate=0.01,
+            partition_rate=0.01,
+            heal_rate=0.08,
+            chaos_ticks=320,
+        ),
+        replace(
+            BASE,
+            name="chaos",
+            drop=0.06,
+            dup=0.04,
+            long_delay=0.05,
+            partition_rate=0.025,
+            heal_rate=0.06,
+            crash_rate=0.02,
+            max_down=2,
+            snapshot_count=15,
+            transfer_rate=0.02,
+            membership=True,
+            classic=0.15,
+            chaos_ticks=320,
+        ),
+    ]
+}
+
+ORDER = list(SCENARIOS)
+
+
+def scenario_for_seed(seed: int) -> Scenario:
+    return SCENARIOS[ORDER[seed % len(ORDER)]]
