@@ -34,6 +34,7 @@ from . import errors, members
 from .apply import Applied, Applier
 from .config import ServerConfig
 from .errors import EtcdError
+from .lease import Lessor, min_lease_ttl
 from .mvcc import MvccStore
 from .pb import internal_pb2, rpc_pb2
 
@@ -60,6 +61,7 @@ class KvServer:
         self.node: RaftNode
         self.store: MvccStore
         self.applier: Applier
+        self.lessor: Lessor
         self.transport: PeerTransport
         self.removed = asyncio.Event()  # set when this member was removed
 
@@ -109,6 +111,13 @@ class KvServer:
         if fresh and self.cfg.initial_cluster_state == "new":
             self._bootstrap(raft_store)
         self.applier = Applier(self.store, self.member_id, self._on_result, self._on_members_changed)
+        self.lessor = Lessor(
+            self.store,
+            self.propose,
+            min_ttl=min_lease_ttl(self.cfg.election_ticks, self.cfg.heartbeat_interval),
+            extend=self.cfg.election_timeout / 1000.0,
+        )
+        self.applier.lease_observers.append(self.lessor)
         self.transport = PeerTransport(
             node_id=self.member_id,
             cluster_id=self.cluster_id,
@@ -146,6 +155,7 @@ class KvServer:
         self._on_members_changed(self.applier.members)
         await self.transport.start(self.cfg.listen_peer_urls)
         await self.node.start()
+        self.lessor.start()
         self._publish_task = asyncio.create_task(self._publish_attributes())
 
     async def stop(self) -> None:
@@ -153,6 +163,8 @@ class KvServer:
         task = getattr(self, "_publish_task", None)
         if task is not None:
             task.cancel()
+        if hasattr(self, "lessor"):
+            await self.lessor.stop()
         if hasattr(self, "node"):
             await self.node.stop()
         if hasattr(self, "transport"):
@@ -191,6 +203,7 @@ class KvServer:
             self.removed.set()
 
     def _on_soft_state(self, ss: SoftState) -> None:
+        self.lessor.set_primary(ss.role == Role.LEADER)
         log.info(
             "raft state: role=%s leader=%x term=%d", ss.role.name, ss.leader, self.node.term
         )

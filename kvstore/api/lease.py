@@ -1,0 +1,112 @@
+"""etcdserverpb.Lease over gRPC.
+
+Grant and Revoke are Raft proposals; KeepAlive and TimeToLive are answered
+from the leader's lessor (forwarded by ``LeaseRouter`` when this member
+follows); Leases lists this member's applied lease table. Responses and
+errors are etcd 3.4's, including its quirks: a keep-alive or time-to-live of
+an unknown lease is not an error (TTL 0, resp. TTL -1).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, AsyncIterator
+
+import grpc
+
+from .. import errors
+from ..errors import EtcdError
+from ..lease import FORWARD_HEADER, LeaseRouter
+from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from .common import unary
+
+if TYPE_CHECKING:
+    from ..server import KvServer
+
+log = logging.getLogger("kvstore.api.lease")
+
+
+def _forwarded(context: grpc.aio.ServicerContext) -> bool:
+    return any(k == FORWARD_HEADER for k, _ in (context.invocation_metadata() or ()))
+
+
+async def grant(server: KvServer, ttl: int, lease_id: int = 0) -> rpc_pb2.LeaseGrantResponse:
+    """Grant through Raft (also used by Lock/Campaign without a lease)."""
+    lessor = server.lessor
+    ttl = lessor.grant_ttl(ttl)
+    if lease_id == 0:
+        lease_id = lessor.new_id()
+    res = await server.propose(
+        internal_pb2.InternalRequest(lease_grant=rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id))
+    )
+    resp = res.response
+    resp.header.CopyFrom(server.header(res.revision))
+    return resp
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, server: KvServer) -> None:
+        self.s = server
+        self.router = LeaseRouter(server)
+
+    @unary
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        return await grant(self.s, request.TTL, request.ID)
+
+    @unary
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        if request.ID == 0:
+            raise errors.LEASE_NOT_FOUND
+        res = await self.s.propose(
+            internal_pb2.InternalRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=request.ID))
+        )
+        resp = res.response if res.response is not None else rpc_pb2.LeaseRevokeResponse()
+        resp.header.CopyFrom(self.s.header(res.revision))
+        return resp
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        forwarded = _forwarded(context)
+        try:
+            async for req in request_iterator:
+                try:
+                    ttl = await self.router.renew(req.ID, forwarded)
+                except EtcdError as e:
+                    if e.message != errors.LEASE_NOT_FOUND.message:
+                        raise
+                    ttl = 0
+                yield rpc_pb2.LeaseKeepAliveResponse(header=self.s.header(), ID=req.ID, TTL=ttl)
+        except EtcdError as e:
+            await context.abort(e.code, e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in LeaseKeepAlive")
+            await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
+
+    @unary
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        try:
+            resp = await self.router.time_to_live(request.ID, request.keys, _forwarded(context))
+        except EtcdError as e:
+            if e.message != errors.LEASE_NOT_FOUND.message:
+                raise
+            resp = rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID, TTL=-1)
+        rev = resp.header.revision
+        resp.header.CopyFrom(self.s.header(rev or None))
+        return resp
+
+    @unary
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        return rpc_pb2.LeaseLeasesResponse(
+            header=self.s.header(),
+            leases=[rpc_pb2.LeaseStatus(ID=lid) for lid in self.s.lessor.lease_ids()],
+        )
