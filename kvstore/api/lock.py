@@ -227,8 +227,10 @@ class Recipes:
         self._background: set[asyncio.Task[Any]] = set()
 
     async def txn(self, txn: rpc_pb2.TxnRequest) -> tuple[rpc_pb2.TxnResponse, int]:
+        """Propose ``txn``; returns the response and the store revision it
+        left (for a write, the revision it created: the fencing token)."""
         res = await self.s.propose(internal_pb2.InternalRequest(txn=txn))
-        return res.response, res.revision
+        return res.response, res.response.header.revision or res.revision
 
     async def get(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """A linearizable read; the response header is filled."""
@@ -300,7 +302,7 @@ class Recipes:
     async def delete(self, key: bytes) -> rpc_pb2.DeleteRangeResponse:
         res = await self.s.propose(internal_pb2.InternalRequest(delete_range=rpc_pb2.DeleteRangeRequest(key=key)))
         resp = res.response
-        resp.header.CopyFrom(self.s.header(res.revision))
+        resp.header.CopyFrom(self.s.header(resp.header.revision or res.revision))
         return resp
 
 
