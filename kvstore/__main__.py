@@ -56,6 +56,7 @@ def setup_logging(cfg: ServerConfig) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("grpc").setLevel(max(level, logging.INFO))
 
 
 def grpc_address(url: str) -> str:

@@ -31,8 +31,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     @unary
     async def MemberList(self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.MemberListResponse:
-        if request.linearizable:
-            await self.s.read_barrier()
         return rpc_pb2.MemberListResponse(header=self.s.header(), members=self._list())
 
     @unary
