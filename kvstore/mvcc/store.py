@@ -867,18 +867,24 @@ class MvccStore:
 
     # -- state -----------------------------------------------------------------------------
 
+    # While a WriteBatch is open these follow it (the apply loop reads them
+    # between entries); reads (range, events, ...) always see committed state.
+
     @property
     def current_revision(self) -> int:
-        return self._current_rev
+        b = self._batch
+        return self._current_rev if b is None else b._rev
 
     @property
     def compact_revision(self) -> int:
         """Last compacted revision (0 = none)."""
-        return max(self._compact_rev, 0)
+        b = self._batch
+        return max(self._compact_rev if b is None else b._compact, 0)
 
     @property
     def consistent_index(self) -> int:
-        return self._consistent_index
+        b = self._batch
+        return self._consistent_index if b is None else b._ci
 
     def write(self) -> WriteBatch:
         """Begin the write transaction for one batch of Raft entries. Only one
@@ -1173,6 +1179,17 @@ class MvccStore:
             raise
         os.replace(tmp, os.path.join(path, "data.mdb"))
         _fsync_dir(path)
+
+    def restore(self, src: str) -> None:
+        """Replace this open store's content with a copy (restore_from on its
+        own path) and reopen. No WriteBatch may be open."""
+        if self._batch is not None:
+            raise RuntimeError("cannot restore with an open WriteBatch")
+        self._env.close()
+        try:
+            self.restore_from(src, self.path)
+        finally:
+            self._open()
 
     def defragment(self) -> None:
         """Rewrite the store compactly (free pages dropped) and reopen it.
