@@ -67,7 +67,7 @@ Item = Union[bytes, tuple]  # one serialized WatchResponse, or its parts
 
 
 class History(Protocol):
-    """What the hub needs from the MVCC store."""
+    """What the hub needs from the MVCC store (``kvstore.mvcc.MvccStore``)."""
 
     @property
     def current_revision(self) -> int: ...
@@ -76,12 +76,16 @@ class History(Protocol):
     def compact_revision(self) -> int: ...
 
     def events(
-        self, start_rev: int, end_rev: int, key: bytes, range_end: bytes, limit: int = 0
-    ) -> list[kv_pb2.Event]:
-        """Events with start_rev <= revision <= end_rev on [key, range_end)
-        (etcd's range convention), in revision order, at most ``limit``
-        (0 = all); raises errors.COMPACTED below the compaction point."""
+        self, start_rev: int, end_rev: int | None, key: bytes, range_end: bytes,
+        limit: int | None = None, prev_kv: bool = False,
+    ) -> tuple[list[kv_pb2.Event], int]:
+        """Events with start_rev <= revision < end_rev on [key, range_end)
+        (etcd's range convention), in revision order; ``limit`` is soft (a
+        revision is never split). Returns (events, revision to resume from);
+        raises errors.COMPACTED if start_rev <= the compacted revision."""
         ...
+
+    def prev_kv(self, key: bytes, mod_revision: int) -> kv_pb2.KeyValue | None: ...
 
 
 # --------------------------------------------------------------- wire helpers
@@ -691,14 +695,17 @@ class WatchHub:
                 for w in ws:
                     self.make_synced(w)
                 continue
-            if start < compact:
+            if start <= compact:
+                # etcd 3.4 still replays from the compacted revision itself,
+                # but a tombstone at it is gone (etcd #18089): our store
+                # refuses that replay, so the watch is canceled instead.
                 for w in ws:
                     self.cancel_compacted(w, compact)
                 continue
             try:
-                evs, upto = self._read_chunk(start, cur, key, end)
+                evs, upto = self._read_chunk(start, cur, key, end, want_prev)
             except EtcdError as e:
-                if e.code != errors.COMPACTED.code:
+                if e.message != errors.COMPACTED.message:
                     raise
                 for w in ws:
                     self.cancel_compacted(w, hist.compact_revision)
@@ -725,21 +732,14 @@ class WatchHub:
                     more = True  # else its stream wakes us once drained
         return more
 
-    def _read_chunk(self, start: int, end: int, key: bytes, range_end: bytes | None) -> tuple[list, int]:
-        """Events in [start, end], at most about ``chunk_events`` of them but
+    def _read_chunk(self, start: int, end: int, key: bytes, range_end: bytes | None,
+                    prev_kv: bool) -> tuple[list[kv_pb2.Event], int]:
+        """Events in [start, end], about ``chunk_events`` of them at most but
         never part of a revision. Returns (events, last revision covered)."""
-        limit = self.chunk_events
-        rend = _store_range_end(range_end)
-        evs = list(self.history.events(start, end, key, rend, limit))
-        if len(evs) < limit:
-            return evs, end
-        last = evs[-1].kv.mod_revision
-        if evs[0].kv.mod_revision == last:
-            return list(self.history.events(last, last, key, rend, 0)), last
-        cut = len(evs)
-        while evs[cut - 1].kv.mod_revision == last:
-            cut -= 1
-        return evs[:cut], last - 1
+        evs, next_rev = self.history.events(
+            start, end + 1, key, _store_range_end(range_end), limit=self.chunk_events, prev_kv=prev_kv
+        )
+        return evs, min(next_rev - 1, end)
 
 
 def hub_for(server) -> WatchHub:
@@ -755,21 +755,8 @@ def hub_for(server) -> WatchHub:
             server.header,
             progress_interval=interval,
             max_response_bytes=cfg.max_request_bytes + GRPC_OVERHEAD,
-            prev_kv=_store_prev_kv(store),
+            prev_kv=lambda ev: store.prev_kv(ev.kv.key, ev.kv.mod_revision),
         )
         server.applier.event_sinks.append(hub)
         server.watch_hub = hub
     return hub
-
-
-def _store_prev_kv(store) -> Callable[[kv_pb2.Event], kv_pb2.KeyValue | None] | None:
-    """prev_kv lookup through the MVCC store's range at mod_revision - 1."""
-
-    def lookup(ev: kv_pb2.Event) -> kv_pb2.KeyValue | None:
-        try:
-            resp = store.range(rpc_pb2.RangeRequest(key=ev.kv.key, revision=ev.kv.mod_revision - 1))
-        except EtcdError:
-            return None
-        return resp.kvs[0] if resp.kvs else None
-
-    return lookup

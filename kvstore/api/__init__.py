@@ -15,6 +15,9 @@ def add_services(grpc_server: grpc.aio.Server, server: KvServer) -> None:
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), grpc_server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(server), grpc_server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(server), grpc_server)
+    from .watch import WatchService
+
+    WatchService(server).add_to(grpc_server)
     _add_lease_lock_election(grpc_server, server)
 
 
