@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 pytest.importorskip("kvstore.mvcc.store", reason="the MVCC store has not landed yet")
+pytest.importorskip("raft.transport", reason="the peer transport has not landed yet")
 
 from kvstore.apply import Applier  # noqa: E402
 from kvstore.lease import FORWARD_HEADER, Lessor  # noqa: E402

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 pytest.importorskip("kvstore.mvcc.store", reason="the MVCC store has not landed yet")
+pytest.importorskip("raft.transport", reason="the peer transport has not landed yet")
 
 from kvstore.pb import (  # noqa: E402
     rpc_pb2,
