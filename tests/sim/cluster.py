@@ -45,6 +45,7 @@ from .scenarios import Scenario
 
 TICK = 10
 FINAL_TICKS = 400  # the cluster must recover within this many ticks of healing
+MAX_BACKLOG = 48  # clients hold back while the leader has this many uncommitted entries
 
 EV_TICK, EV_DELIVER, EV_READY, EV_DONE = 0, 1, 2, 3
 
@@ -81,6 +82,7 @@ class Sim:
         self.nodes: dict[int, SimNode] = {}
         self.checker = Checker(self)
         self.blocked: set[tuple[int, int]] = set()
+        self.link_clock: dict[tuple[int, int], int] = {}
         self.final = False
         self.final_start = 0
         self.final_stage = 0
@@ -128,8 +130,9 @@ class Sim:
 
     def run(self) -> dict:
         voters = tuple(range(1, self.n + 1))
-        for nid in voters:
-            node = self.nodes[nid] = SimNode(nid, voters, ())
+        learners = tuple(range(self.n + 1, self.n + 1 + self.sc.learners))
+        for nid in voters + learners:
+            node = self.nodes[nid] = SimNode(nid, voters, learners)
             self.start(node)
         self.trace(
             f"scenario {self.sc.name} seed {self.seed}: {self.n} nodes, max_size={self.max_size} "
@@ -336,11 +339,17 @@ class Sim:
             self.stats["snap_msgs"] += 1
         m = copy_message(m)
         copies = 1 if self.final or rng.random() >= sc.dup else 2
+        link = (frm, m.to)
         for _ in range(copies):
-            d = rng.randint(*sc.delay)
+            t = self.now + rng.randint(*sc.delay)
             if not self.final and rng.random() < sc.long_delay:
-                d += rng.randint(0, sc.long_delay_max)
-            self.push(self.now + d, EV_DELIVER, m, frm)
+                # Late delivery (a retransmission, a reconnect): reorders.
+                t += rng.randint(0, sc.long_delay_max)
+            else:
+                # Otherwise a link is a stream: FIFO, like the real transport.
+                t = max(t, self.link_clock.get(link, 0))
+                self.link_clock[link] = t
+            self.push(t, EV_DELIVER, m, frm)
 
     def on_deliver(self, m: Message, frm: int) -> None:
         to = m.to
@@ -479,8 +488,11 @@ class Sim:
         live = self.live()
         if not live or self.final:
             return
-        if rng.random() < sc.propose_rate:
-            lead = self.leader()
+        lead = self.leader()
+        # Client back-pressure (like a server refusing requests when too far
+        # behind): the offered load may exceed what tiny windows can carry.
+        busy = lead is not None and lead.raft.log.last_index() - lead.raft.log.committed > MAX_BACKLOG
+        if not busy and rng.random() < sc.propose_rate:
             node = lead if lead is not None and rng.random() >= sc.follower_propose else rng.choice(live)
             datas = []
             for _ in range(rng.randint(1, sc.batch_max)):
@@ -590,7 +602,7 @@ class Membership:
         self.t0 = 0
         self.last_try = 0
         self.next_action = sim.sc.member_every
-        self.next_id = sim.n + 1
+        self.next_id = sim.n + sim.sc.learners + 1
         self.to_destroy: dict[int, int] = {}
 
     def _propose(self, lead: SimNode, cc: ConfChange) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 class Scenario:
     name: str
     sizes: tuple[int, ...] = (3, 5)
+    learners: int = 0  # permanent learners besides the voters
     chaos_ticks: int = 240
     # -- network (time unit: 1/10 of a tick) --------------------------------
     drop: float = 0.0  # per message
@@ -117,6 +118,49 @@ SCENARIOS: dict[str, Scenario] = {
             transfer_rate=0.02,
             membership=True,
             classic=0.15,
+            chaos_ticks=320,
+        ),
+        replace(
+            BASE,
+            name="learners",
+            sizes=(3, 5),
+            learners=2,
+            drop=0.03,
+            partition_rate=0.04,
+            heal_rate=0.05,
+            crash_rate=0.015,
+            snapshot_count=20,
+            small_msgs=0.7,
+        ),
+        replace(
+            BASE,
+            name="churn",
+            sizes=(3, 5),
+            drop=0.05,
+            long_delay=0.05,
+            partition_rate=0.05,
+            heal_rate=0.08,
+            crash_rate=0.05,
+            max_down=2,
+            restart_after=(1, 15),
+            small_msgs=1.0,
+            snapshot_count=30,
+            transfer_rate=0.03,
+        ),
+        replace(
+            BASE,
+            name="async",
+            async_ready=1.0,
+            fsync_delay=(0, 25),
+            drop=0.03,
+            dup=0.03,
+            long_delay=0.05,
+            partition_rate=0.02,
+            heal_rate=0.06,
+            crash_rate=0.015,
+            snapshot_count=6,
+            membership=True,
+            member_every=15,
             chaos_ticks=320,
         ),
     ]
