@@ -273,10 +273,14 @@ class RaftNode:
             # machine ahead of the log, which replay tolerates; the reverse
             # would leave a gap nothing can fill.
             self.sm.restore(snap, self._received_snapshots.pop(snap.meta.index, None))
+            log.info("restored state from snapshot at index %d term %d", snap.meta.index, snap.meta.term)
             self._conf_history = [(snap.meta.index, snap.meta.conf_state)]
             self._snapshot_index = snap.meta.index
         self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
         if rd.messages:
+            for m in rd.messages:
+                if m.type == MsgType.SNAP:
+                    self._describe_current_state(m)
             self.transport.send(rd.messages)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
@@ -289,6 +293,19 @@ class RaftNode:
                     f.set_result(rs.index)
         self.raft.advance(rd)
         self._maybe_compact()
+
+    def _describe_current_state(self, m: Message) -> None:
+        """The data streamed with a MsgSnap is the live state machine, not the
+        old compaction point: label it with the applied index and the current
+        membership (as etcd's merged snapshot does), so a member added after
+        the last compaction finds itself in the snapshot's configuration."""
+        applied = self.raft.log.applied
+        try:
+            term = self.raft.log.term(applied)
+        except RaftError:
+            return
+        data = m.snapshot.data if m.snapshot is not None else b""
+        m.snapshot = Snapshot(SnapshotMeta(applied, term, self.raft.conf_state()), data)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         if ss.leader != self._last_leader:
