@@ -35,38 +35,85 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark kvstore against etcd: same workloads, same load generator, "
         "one run, alternating systems; prints ops/s, p50/p99 and kvstore/etcd ratios.",
     )
-    p.add_argument("--systems", default="etcd,kvstore",
-                   help="comma-separated: etcd,kvstore (default both)")
+    p.add_argument(
+        "--systems", default="etcd,kvstore", help="comma-separated: etcd,kvstore (default both)"
+    )
     p.add_argument("--nodes", type=int, choices=(1, 3), default=3, help="cluster size (default 3)")
-    p.add_argument("--workloads", default="default",
-                   help="comma-separated workload names, 'default' or 'all' (see --list)")
+    p.add_argument(
+        "--workloads",
+        default="default",
+        help="comma-separated workload names, 'default' or 'all' (see --list)",
+    )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
-    p.add_argument("--duration", type=float, default=3.0,
-                   help="measured seconds per Python-generator workload (default 3)")
-    p.add_argument("--warmup", type=float, default=0.5,
-                   help="unmeasured seconds before each Python-generator window (default 0.5)")
-    p.add_argument("--total", type=int, default=None,
-                   help="request count for every Go-tool workload (default: per workload)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply the default Go-tool request counts (default 1.0)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run each workload N times (alternating systems); report medians")
-    p.add_argument("--loadgen", choices=("auto", "go", "python"), default="auto",
-                   help="auto: the Go tool where it has the workload, else Python (default)")
-    p.add_argument("--procs", type=int, default=None,
-                   help="processes per Python generator group (default: per workload, 2)")
-    p.add_argument("--timeout", type=float, default=90.0,
-                   help="seconds before one Go-tool run is killed (default 90)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        help="measured seconds per Python-generator workload (default 3)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="unmeasured seconds before each Python-generator window (default 0.5)",
+    )
+    p.add_argument(
+        "--total",
+        type=int,
+        default=None,
+        help="request count for every Go-tool workload (default: per workload)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the default Go-tool request counts (default 1.0)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each workload N times (alternating systems); report medians",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "go", "python"),
+        default="auto",
+        help="auto: the Go tool where it has the workload, else Python (default)",
+    )
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        help="processes per Python generator group (default: per workload, 2)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="seconds before one Go-tool run is killed (default 90)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--chart", metavar="FILE.png", help="write a PNG chart (needs matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--kvstore-cmd", default=f"{shlex.quote(sys.executable)} -m kvstore",
-                   help="command that starts one kvstore member (etcd flags are appended)")
-    p.add_argument("--etcd-cmd", default="/usr/bin/etcd", help="command that starts one etcd member")
-    p.add_argument("--pb", default="kvstore.pb",
-                   help="Python package with the etcd-compatible rpc_pb2/rpc_pb2_grpc modules")
-    p.add_argument("--benchmark-bin", default=None,
-                   help="etcd's Go benchmark binary (default bench/.build/bin/benchmark)")
+    p.add_argument(
+        "--kvstore-cmd",
+        default=f"{shlex.quote(sys.executable)} -m kvstore",
+        help="command that starts one kvstore member (etcd flags are appended)",
+    )
+    p.add_argument(
+        "--etcd-cmd", default="/usr/bin/etcd", help="command that starts one etcd member"
+    )
+    p.add_argument(
+        "--pb",
+        default="kvstore.pb",
+        help="Python package with the etcd-compatible rpc_pb2/rpc_pb2_grpc modules",
+    )
+    p.add_argument(
+        "--benchmark-bin",
+        default=None,
+        help="etcd's Go benchmark binary (default bench/.build/bin/benchmark)",
+    )
     return p.parse_args(argv)
 
 
@@ -80,7 +127,9 @@ def select_workloads(spec: str) -> list[Workload]:
         names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        raise SystemExit(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+        raise SystemExit(
+            f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}"
+        )
     return [WORKLOADS[n] for n in names]
 
 
@@ -101,15 +150,20 @@ def machine_meta(args: argparse.Namespace, gobin: Path | None) -> dict[str, Any]
         pass
     etcd_version = ""
     try:
-        out = subprocess.run([shlex.split(args.etcd_cmd)[0], "--version"], capture_output=True,
-                             text=True, timeout=10).stdout
+        out = subprocess.run(
+            [shlex.split(args.etcd_cmd)[0], "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
         etcd_version = out.splitlines()[0] if out else ""
     except (OSError, subprocess.SubprocessError):
         pass
     commit = ""
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return {
@@ -145,12 +199,17 @@ def seed_range_key(cluster: Cluster, pb: str) -> None:
         pass
     subprocess.run(
         ["etcdctl", "--endpoints", ",".join(cluster.endpoints), "put", RANGE_KEY, value.decode()],
-        env={**os.environ, "ETCDCTL_API": "3"}, check=True, capture_output=True, timeout=20,
+        env={**os.environ, "ETCDCTL_API": "3"},
+        check=True,
+        capture_output=True,
+        timeout=20,
     )
 
 
 def _stderr_tail(text: str, lines: int = 8) -> str:
-    keep = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("INFO:", "WARNING:"))]
+    keep = [
+        ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("INFO:", "WARNING:"))
+    ]
     return " | ".join(keep[-lines:])
 
 
@@ -205,8 +264,15 @@ def run_py(w: Workload, cluster: Cluster, args: argparse.Namespace) -> Result:
 
     t0 = time.monotonic()
     try:
-        merged = pyload.run_groups(cluster.endpoints, groups, args.duration, args.warmup,
-                                   pb=args.pb, on_mark=mark, on_stop=stop)
+        merged = pyload.run_groups(
+            cluster.endpoints,
+            groups,
+            args.duration,
+            args.warmup,
+            pb=args.pb,
+            on_mark=mark,
+            on_stop=stop,
+        )
     except pyload.PyLoadError as exc:
         res.status, res.note = "failed", str(exc).strip().splitlines()[0][:200]
         log(f"  {w.name}/{cluster.system}: {exc}")
@@ -237,7 +303,9 @@ def run_py(w: Workload, cluster: Cluster, args: argparse.Namespace) -> Result:
             res.extra["watch_events_per_s"] = other.ops_per_s
             res.extra["watch_p50_ms"] = _ms(percentile(other.lat_us, 50))
             res.extra["watch_p99_ms"] = _ms(percentile(other.lat_us, 99))
-            notes.append(f"watch {other.ops_per_s:,.0f} ev/s p99 {res.extra['watch_p99_ms'] or 0:.0f} ms")
+            notes.append(
+                f"watch {other.ops_per_s:,.0f} ev/s p99 {res.extra['watch_p99_ms'] or 0:.0f} ms"
+            )
         elif g.mode == "put":
             res.extra["puts_per_s"] = other.ops_per_s
             notes.append(f"{other.ops_per_s:,.0f} puts/s")
@@ -265,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     workloads = select_workloads(args.workloads)
     gobin = Path(args.benchmark_bin) if args.benchmark_bin else gotool.find_binary()
     if args.loadgen != "python" and gobin is None and any(w.go for w in workloads):
-        log("etcd's Go benchmark tool is not built (bash bench/build_etcd_benchmark.sh): "
-            "using the Python generator instead")
+        log(
+            "etcd's Go benchmark tool is not built (bash bench/build_etcd_benchmark.sh): "
+            "using the Python generator instead"
+        )
 
     # SIGTERM/SIGHUP unwind through the finally below, so clusters are always stopped.
     def _exit(signum: int, _frame: Any) -> None:
@@ -313,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
                 for s in order:
                     r = run_one(w, clusters[s], args, gobin)
                     runs[s].append(r)
-                    log(f"{w.name:20s} {s:8s} {r.tool:6s} {r.status:7s} "
+                    log(
+                        f"{w.name:20s} {s:8s} {r.tool:6s} {r.status:7s} "
                         f"{(r.ops_per_s or 0):10,.0f} {r.unit}  p50 {r.p50_ms or 0:.2f} ms  "
-                        f"p99 {r.p99_ms or 0:.2f} ms  {r.note}")
+                        f"p99 {r.p99_ms or 0:.2f} ms  {r.note}"
+                    )
             results += [median_result(runs[s]) for s in active]
-        meta["rss_mib_end"] = {s: [round(b / 2**20) for b in c.rss_bytes()]
-                               for s, c in clusters.items()}
+        meta["rss_mib_end"] = {
+            s: [round(b / 2**20) for b in c.rss_bytes()] for s, c in clusters.items()
+        }
     finally:
         for s, c in clusters.items():
             log(f"stopping {s}")
@@ -330,15 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, pending=pending, markdown=args.markdown))
     for s, err in failed_start.items():
         lines = err.strip().splitlines()
-        print(f"\n{s} did not start (its rows are pending): " + " / ".join(
-            ln.strip() for ln in lines[:1] + lines[-2:]))
+        print(
+            f"\n{s} did not start (its rows are pending): "
+            + " / ".join(ln.strip() for ln in lines[:1] + lines[-2:])
+        )
     if args.json:
         Path(args.json).write_text(to_json(results, meta))
         log(f"wrote {args.json}")
     if args.chart:
         try:
-            write_chart(results, args.chart,
-                        f"kvstore vs etcd, {meta['nodes']} node(s), {meta['date']}")
+            write_chart(
+                results, args.chart, f"kvstore vs etcd, {meta['nodes']} node(s), {meta['date']}"
+            )
             log(f"wrote {args.chart}")
         except ImportError:
             log("--chart needs matplotlib: pip install -r bench/requirements.txt")
@@ -354,14 +430,18 @@ def median_result(runs: list[Result]) -> Result:
     if not ok:
         return runs[-1]
     by_rate = sorted(ok, key=lambda r: r.ops_per_s or 0)
-    out = replace(by_rate[(len(by_rate) - 1) // 2], extra=dict(by_rate[(len(by_rate) - 1) // 2].extra))
+    out = replace(
+        by_rate[(len(by_rate) - 1) // 2], extra=dict(by_rate[(len(by_rate) - 1) // 2].extra)
+    )
     for name in ("ops_per_s", "p50_ms", "p99_ms", "loadgen_cpu_us_per_op", "server_cpu_us_per_op"):
         vals = [getattr(r, name) for r in ok if getattr(r, name) is not None]
         setattr(out, name, statistics.median(vals) if vals else None)
     out.errors = sum(r.errors for r in runs)
     out.extra["runs_ops_per_s"] = [r.ops_per_s for r in runs]
     if len(ok) < len(runs):
-        out.note = (out.note + "; " if out.note else "") + f"{len(runs) - len(ok)} of {len(runs)} runs failed"
+        out.note = (
+            out.note + "; " if out.note else ""
+        ) + f"{len(runs) - len(ok)} of {len(runs)} runs failed"
     return out
 
 
@@ -369,12 +449,24 @@ def run_one(w: Workload, c: Cluster, args: argparse.Namespace, gobin: Path | Non
     """Run one workload on one cluster with the chosen load generator."""
     if not c.alive():
         dead = [m.name for m in c.members if m.proc is None or m.proc.poll() is not None]
-        return Result(workload=w.name, system=c.system, tool="-", status="failed",
-                      note=f"members {dead} not running", unit=w.unit)
+        return Result(
+            workload=w.name,
+            system=c.system,
+            tool="-",
+            status="failed",
+            note=f"members {dead} not running",
+            unit=w.unit,
+        )
     use_go = w.go is not None and gobin is not None and args.loadgen != "python"
     if args.loadgen == "go" and not use_go and w.go is not None:
-        return Result(workload=w.name, system=c.system, tool="go", status="skipped",
-                      note="Go tool not built", unit=w.unit)
+        return Result(
+            workload=w.name,
+            system=c.system,
+            tool="go",
+            status="skipped",
+            note="Go tool not built",
+            unit=w.unit,
+        )
     if use_go:
         total = args.total if args.total else max(1, int(w.go_total * args.scale))
         log(f"{w.name} on {c.system}: Go tool, {total} requests")
@@ -383,6 +475,11 @@ def run_one(w: Workload, c: Cluster, args: argparse.Namespace, gobin: Path | Non
     if w.py:
         log(f"{w.name} on {c.system}: Python generator, {args.duration:g}s")
         return run_py(w, c, args)
-    return Result(workload=w.name, system=c.system, tool="-", status="skipped",
-                  note="needs the Go tool", unit=w.unit)
-
+    return Result(
+        workload=w.name,
+        system=c.system,
+        tool="-",
+        status="skipped",
+        note="needs the Go tool",
+        unit=w.unit,
+    )

@@ -111,15 +111,24 @@ class Cluster:
             for m in self.members:
                 args = [
                     *self.command,
-                    "--name", m.name,
-                    "--data-dir", str(m.data_dir),
-                    "--listen-client-urls", m.client_url,
-                    "--advertise-client-urls", m.client_url,
-                    "--listen-peer-urls", m.peer_url,
-                    "--initial-advertise-peer-urls", m.peer_url,
-                    "--initial-cluster", initial,
-                    "--initial-cluster-state", "new",
-                    "--initial-cluster-token", token,
+                    "--name",
+                    m.name,
+                    "--data-dir",
+                    str(m.data_dir),
+                    "--listen-client-urls",
+                    m.client_url,
+                    "--advertise-client-urls",
+                    m.client_url,
+                    "--listen-peer-urls",
+                    m.peer_url,
+                    "--initial-advertise-peer-urls",
+                    m.peer_url,
+                    "--initial-cluster",
+                    initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    token,
                 ]
                 if m.http_port is not None:
                     args += ["--listen-client-http-urls", f"http://{HOST}:{m.http_port}"]

@@ -68,7 +68,9 @@ def parse_output(text: str) -> list[Summary]:
     for i in range(1, len(parts)):
         block = parts[i]
         before = parts[i - 1].strip().splitlines()
-        title = before[-1].strip().rstrip(":") if before and before[-1].strip().endswith(":") else ""
+        title = (
+            before[-1].strip().rstrip(":") if before and before[-1].strip().endswith(":") else ""
+        )
         s = Summary(title=title)
         for name, val in _FIELD_RE.findall(block):
             setattr(s, name.lower(), float(val))

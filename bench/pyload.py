@@ -575,7 +575,9 @@ def run_groups(
                 out, err = p.communicate()
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             if p.returncode != 0 or not lines:
-                raise PyLoadError(f"pyload {g.mode} worker failed (rc={p.returncode}):\n{err[-2000:]}")
+                raise PyLoadError(
+                    f"pyload {g.mode} worker failed (rc={p.returncode}):\n{err[-2000:]}"
+                )
             raw.setdefault(g.mode, []).append(json.loads(lines[-1]))
         return {mode: merge(rs) for mode, rs in raw.items()}
     finally:

@@ -69,8 +69,19 @@ def _fmt_ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-HEADERS = ["workload", "system", "tool", "ops/s", "p50 ms", "p99 ms", "ratio", "p99 ratio",
-           "gen CPU us/op", "srv CPU us/op", "note"]
+HEADERS = [
+    "workload",
+    "system",
+    "tool",
+    "ops/s",
+    "p50 ms",
+    "p99 ms",
+    "ratio",
+    "p99 ratio",
+    "gen CPU us/op",
+    "srv CPU us/op",
+    "note",
+]
 
 
 def table_rows(results: Iterable[Result], pending: Iterable[str] = ()) -> list[list[str]]:
@@ -109,36 +120,47 @@ def table_rows(results: Iterable[Result], pending: Iterable[str] = ()) -> list[l
             note = r.note if ok else (r.status + (": " + r.note if r.note else ""))
             if r.errors:
                 note = (note + "; " if note else "") + f"{r.errors} errors"
-            rows.append([
-                w, s, r.tool,
-                _fmt_num(r.ops_per_s) if ok else r.status,
-                _fmt_ms(r.p50_ms) if ok else "-",
-                _fmt_ms(r.p99_ms) if ok else "-",
-                _fmt_ratio(rat) if s != BASELINE else "",
-                _fmt_ratio(p99r) if s != BASELINE else "",
-                _fmt_num(r.loadgen_cpu_us_per_op),
-                _fmt_num(r.server_cpu_us_per_op),
-                note,
-            ])
+            rows.append(
+                [
+                    w,
+                    s,
+                    r.tool,
+                    _fmt_num(r.ops_per_s) if ok else r.status,
+                    _fmt_ms(r.p50_ms) if ok else "-",
+                    _fmt_ms(r.p99_ms) if ok else "-",
+                    _fmt_ratio(rat) if s != BASELINE else "",
+                    _fmt_ratio(p99r) if s != BASELINE else "",
+                    _fmt_num(r.loadgen_cpu_us_per_op),
+                    _fmt_num(r.server_cpu_us_per_op),
+                    note,
+                ]
+            )
     return rows
 
 
-def format_table(results: Iterable[Result], pending: Iterable[str] = (),
-                 markdown: bool = False) -> str:
+def format_table(
+    results: Iterable[Result], pending: Iterable[str] = (), markdown: bool = False
+) -> str:
     """The results as an aligned text table (or a Markdown table)."""
     rows = table_rows(results, pending)
     if markdown:
-        lines = ["| " + " | ".join(HEADERS) + " |",
-                 "|" + "|".join("---" if i < 3 or i == 10 else "---:" for i in range(len(HEADERS))) + "|"]
+        lines = [
+            "| " + " | ".join(HEADERS) + " |",
+            "|"
+            + "|".join("---" if i < 3 or i == 10 else "---:" for i in range(len(HEADERS)))
+            + "|",
+        ]
         lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
         return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(HEADERS)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)
+    ]
     right = {3, 4, 5, 6, 7, 8, 9}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-                         for i, c in enumerate(cells)).rstrip()
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
 
     out = [line(HEADERS), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
@@ -158,8 +180,10 @@ def to_json(results: Iterable[Result], meta: dict[str, Any]) -> str:
                 "p50": ratio(r.p50_ms, base.p50_ms),
                 "p99": ratio(r.p99_ms, base.p99_ms),
             }
-    return json.dumps({"meta": meta, "results": [asdict(r) for r in results],
-                       "ratios_kvstore_over_etcd": ratios}, indent=2)
+    return json.dumps(
+        {"meta": meta, "results": [asdict(r) for r in results], "ratios_kvstore_over_etcd": ratios},
+        indent=2,
+    )
 
 
 def write_chart(results: list[Result], path: str, title: str) -> None:
@@ -182,20 +206,40 @@ def write_chart(results: list[Result], path: str, title: str) -> None:
     width = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         xs = [i + j * width for i in range(len(workloads))]
-        axes[0].bar(xs, [by_key[(w, s)].ops_per_s if (w, s) in by_key else 0 for w in workloads],
-                    width, label=s)
-        axes[1].bar(xs, [(by_key[(w, s)].p99_ms or 0) if (w, s) in by_key else 0
-                         for w in workloads], width, label=s)
+        axes[0].bar(
+            xs,
+            [by_key[(w, s)].ops_per_s if (w, s) in by_key else 0 for w in workloads],
+            width,
+            label=s,
+        )
+        axes[1].bar(
+            xs,
+            [(by_key[(w, s)].p99_ms or 0) if (w, s) in by_key else 0 for w in workloads],
+            width,
+            label=s,
+        )
         curve = sorted(
-            ((int(w.split("-")[1]), by_key[(w, s)]) for w in workloads
-             if w.startswith("put-") and (w, s) in by_key and w.split("-")[1].isdigit()),
+            (
+                (int(w.split("-")[1]), by_key[(w, s)])
+                for w in workloads
+                if w.startswith("put-") and (w, s) in by_key and w.split("-")[1].isdigit()
+            ),
         )
         if curve:
-            axes[2].plot([r.ops_per_s for _, r in curve], [r.p99_ms or 0 for _, r in curve],
-                         marker="o", label=s)
+            axes[2].plot(
+                [r.ops_per_s for _, r in curve],
+                [r.p99_ms or 0 for _, r in curve],
+                marker="o",
+                label=s,
+            )
             for n, r in curve:
-                axes[2].annotate(f"{n}c", (r.ops_per_s, r.p99_ms or 0), fontsize=8,
-                                 textcoords="offset points", xytext=(4, 4))
+                axes[2].annotate(
+                    f"{n}c",
+                    (r.ops_per_s, r.p99_ms or 0),
+                    fontsize=8,
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                )
     for ax, ylabel in ((axes[0], "ops/s (events/s for watch)"), (axes[1], "p99 latency (ms)")):
         ax.set_xticks([i + width * (len(systems) - 1) / 2 for i in range(len(workloads))])
         ax.set_xticklabels(workloads, rotation=45, ha="right", fontsize=8)

@@ -77,8 +77,9 @@ def test_percentile_and_ratio() -> None:
 def _results() -> list[report.Result]:
     return [
         report.Result("put-64", "etcd", "go", ops=15000, ops_per_s=4000.0, p50_ms=7.5, p99_ms=40.0),
-        report.Result("put-64", "kvstore", "go", ops=15000, ops_per_s=2000.0, p50_ms=15.0,
-                      p99_ms=100.0),
+        report.Result(
+            "put-64", "kvstore", "go", ops=15000, ops_per_s=2000.0, p50_ms=15.0, p99_ms=100.0
+        ),
         report.Result("range-lin-64", "etcd", "go", ops_per_s=8000.0, p50_ms=5.0, p99_ms=30.0),
         report.Result("range-lin-64", "kvstore", "go", status="timeout", note="killed after 90s"),
     ]
@@ -106,10 +107,26 @@ def test_json_ratios() -> None:
 
 
 def test_merge_worker_results() -> None:
-    a = {"ops": 100, "errors": 1, "elapsed": 2.0, "cpu": 0.02, "lat_us": [3, 1],
-         "counts": {"reads": 95}, "error_kinds": {"UNAVAILABLE": 1}, "extra": {"watchers": 500}}
-    b = {"ops": 300, "errors": 0, "elapsed": 3.0, "cpu": 0.03, "lat_us": [2],
-         "counts": {"reads": 280, "writes": 20}, "error_kinds": {}, "extra": {"watchers": 500}}
+    a = {
+        "ops": 100,
+        "errors": 1,
+        "elapsed": 2.0,
+        "cpu": 0.02,
+        "lat_us": [3, 1],
+        "counts": {"reads": 95},
+        "error_kinds": {"UNAVAILABLE": 1},
+        "extra": {"watchers": 500},
+    }
+    b = {
+        "ops": 300,
+        "errors": 0,
+        "elapsed": 3.0,
+        "cpu": 0.03,
+        "lat_us": [2],
+        "counts": {"reads": 280, "writes": 20},
+        "error_kinds": {},
+        "extra": {"watchers": 500},
+    }
     m = pyload.merge([a, b])
     assert m.ops == 400 and m.errors == 1
     assert m.ops_per_s == 150.0
@@ -140,8 +157,10 @@ def test_cli_defaults_and_workloads() -> None:
 def test_median_of_repeats() -> None:
     from bench.cli import median_result
 
-    runs = [report.Result("put-1", "etcd", "go", ops_per_s=v, p50_ms=v / 100, p99_ms=1.0)
-            for v in (300.0, 100.0, 200.0)]
+    runs = [
+        report.Result("put-1", "etcd", "go", ops_per_s=v, p50_ms=v / 100, p99_ms=1.0)
+        for v in (300.0, 100.0, 200.0)
+    ]
     m = median_result(runs)
     assert m.ops_per_s == 200.0 and m.p50_ms == 2.0
     assert m.extra["runs_ops_per_s"] == [300.0, 100.0, 200.0]
