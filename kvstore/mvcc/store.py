@@ -256,25 +256,28 @@ class _View:
             resp.count = count
             return
 
+        limit = req.limit
+        filtered = (req.min_mod_revision or req.max_mod_revision
+                    or req.min_create_revision or req.max_create_revision)
+        # etcd fetches everything only for an explicit sort order or a filter;
+        # otherwise limit+1 keys in key order, which a non-KEY sort_target
+        # with order NONE then sorts (only those!).
+        if req.sort_order != _SORT_NONE or filtered or limit <= 0:
+            raws, count = fetch(key, end, None)
+        else:
+            raws, count = fetch(key, end, limit + 1)
+        resp.count = count
         order = req.sort_order
         target = req.sort_target
         if target != _T_KEY and order == _SORT_NONE:
             order = _SORT_ASCEND
-        filtered = (req.min_mod_revision or req.max_mod_revision
-                    or req.min_create_revision or req.max_create_revision)
-        limit = req.limit
         sorting = order in (_SORT_ASCEND, _SORT_DESCEND) and target in (
             _T_KEY, _T_VERSION, _T_CREATE, _T_MOD, _T_VALUE)
 
         if not filtered and (not sorting or target == _T_KEY):
             # key order is the index order: no parsing needed
             if sorting and order == _SORT_DESCEND:
-                raws, count = fetch(key, end, None)
                 raws.reverse()
-            else:
-                keep = limit + 1 if limit > 0 else None
-                raws, count = fetch(key, end, keep)
-            resp.count = count
             if limit > 0 and len(raws) > limit:
                 del raws[limit:]
                 resp.more = True
@@ -289,8 +292,6 @@ class _View:
                     add().MergeFromString(raw)
             return
 
-        raws, count = fetch(key, end, None)
-        resp.count = count
         kvs = [KeyValue.FromString(raw) for raw in raws]
         if req.max_mod_revision:
             m = req.max_mod_revision
