@@ -441,6 +441,7 @@ class WatchHub:
         queue_max_items: int = 256,
         queue_max_bytes: int = 16 << 20,
         chunk_events: int = 1000,
+        chunk_bytes: int = 1 << 20,
         sync_round_events: int = 10_000,
         prev_kv: Callable[[kv_pb2.Event], kv_pb2.KeyValue | None] | None = None,
     ) -> None:
@@ -450,7 +451,8 @@ class WatchHub:
         self.max_response_bytes = max_response_bytes
         self.queue_max_items = max(2, queue_max_items)
         self.queue_max_bytes = queue_max_bytes
-        self.chunk_events = max(1, chunk_events)
+        self.chunk_events = max(1, chunk_events)  # etcd: 1000 revisions per catch-up response
+        self.chunk_bytes = chunk_bytes
         self.sync_round_events = sync_round_events
         self._prev_kv_lookup = prev_kv
         self.rev = history.current_revision  # every event <= rev has been dispatched
@@ -710,8 +712,9 @@ class WatchHub:
                 for w in ws:
                     self.cancel_compacted(w, hist.compact_revision)
                 continue
-            budget -= len(evs) + 1
             encoded = [encode_event(ev, self.prev_kv_of(ev) if want_prev else None) for ev in evs]
+            evs, encoded, upto = self._trim_bytes(evs, encoded, upto)
+            budget -= len(evs) + 1
             if header is None:
                 header = self.header_field(cur)
             bodies: dict[tuple[bool, bool], tuple[list[bytes], int]] = {}
@@ -731,6 +734,17 @@ class WatchHub:
                 elif w.stream.below_low_watermark():
                     more = True  # else its stream wakes us once drained
         return more
+
+    def _trim_bytes(self, evs, encoded, upto):
+        """Cut a chunk at a revision boundary once it exceeds ``chunk_bytes``
+        (clients' default receive limit is 4 MiB; etcd itself does not cut)."""
+        total = 0
+        budget = self.chunk_bytes
+        for i, b in enumerate(encoded):
+            if i and total + len(b) > budget and evs[i].kv.mod_revision != evs[i - 1].kv.mod_revision:
+                return evs[:i], encoded[:i], evs[i - 1].kv.mod_revision
+            total += len(b)
+        return evs, encoded, upto
 
     def _read_chunk(self, start: int, end: int, key: bytes, range_end: bytes | None,
                     prev_kv: bool) -> tuple[list[kv_pb2.Event], int]:

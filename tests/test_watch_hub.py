@@ -834,3 +834,16 @@ def run_script(store, script, qmax, chunk):
                 same_events(got_, want_)
             else:
                 same_events(got[wid], want)
+
+
+def test_replay_chunks_are_bounded_in_bytes_at_revision_boundaries():
+    store, hub = mkhub(chunk_bytes=2500)
+    for i in range(10):
+        put(store, hub, (b"a", b"x" * 1000))
+    put(store, hub, *[(b"b%d" % i, b"y" * 1000) for i in range(4)])  # one revision, 4 KB
+    s = hub.open_stream()
+    s.create(C(key=b"a", range_end=b"c", start_revision=2))
+    settle(hub)
+    rs = [r for r in s.drain() if r.events]
+    assert [[e.kv.mod_revision for e in r.events] for r in rs] == [[2, 3], [4, 5], [6, 7], [8, 9], [10, 11],
+                                                                   [12] * 4]
