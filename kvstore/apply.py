@@ -82,6 +82,10 @@ class Applier:
         self.on_members_changed(self.members)
         for obs in self.lease_observers:
             obs.on_restore()
+        for sink in self.event_sinks:  # the store jumped: watchers catch up from history
+            on_restore = getattr(sink, "on_restore", None)
+            if on_restore is not None:
+                on_restore()
 
     def apply(self, entries: Sequence[Entry]) -> None:
         ci = self.store.consistent_index

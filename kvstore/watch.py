@@ -305,6 +305,7 @@ class WatchStream:
         """Every interval: an empty response to each progress_notify watcher
         that is synced and got no event since the last tick (as etcd)."""
         self._progress_timer = None
+        self.hub.check_store()
         any_progress = False
         for w in list(self.watchers.values()):
             if not w.progress_notify:
@@ -564,6 +565,10 @@ class WatchHub:
         cur = self.history.current_revision
         if cur > self.rev:
             self._resync(cur)
+
+    def on_restore(self) -> None:
+        """Applier hook: a snapshot replaced the store's contents."""
+        self.check_store()
 
     def _resync(self, new_rev: int) -> None:
         base = self.rev + 1

@@ -847,3 +847,20 @@ def test_replay_chunks_are_bounded_in_bytes_at_revision_boundaries():
     rs = [r for r in s.drain() if r.events]
     assert [[e.kv.mod_revision for e in r.events] for r in rs] == [[2, 3], [4, 5], [6, 7], [8, 9], [10, 11],
                                                                    [12] * 4]
+
+
+def test_restore_hook_resyncs_synced_watchers():
+    store, hub = mkhub()
+    s = hub.open_stream()
+    s.create(C(key=b"a", range_end=b"b"))
+    s.create(C(key=b"a", start_revision=10))  # future: stays waiting
+    store.put((b"a1", b"from-snapshot"))
+    store.put((b"a", b"from-snapshot"))
+    hub.on_restore()  # Applier.restore calls this after the store was replaced
+    settle(hub)
+    rs = s.drain()
+    assert evs_of(rs, 0) == [("PUT", b"a1", 2), ("PUT", b"a", 3)]
+    assert evs_of(rs, 1) == []
+    for i in range(7):
+        put(store, hub, (b"a", b"%d" % i))
+    assert [e[2] for e in evs_of(s.drain(), 1)] == [10]
