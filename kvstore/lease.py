@@ -428,8 +428,22 @@ class LeaseRouter:
 
     async def renew(self, lease_id: int, forwarded: bool = False) -> int:
         return await self._route(
-            lambda: self.lessor.renew(lease_id), lambda url, t: self._forward_renew(url, lease_id, t), forwarded
+            lambda: self._applied_first(lambda: self.lessor.renew(lease_id)),
+            lambda url, t: self._forward_renew(url, lease_id, t),
+            forwarded,
         )
+
+    async def _applied_first(self, op):
+        """Run ``op``; if the lease is unknown, wait until this leader applied
+        everything committed (a grant acknowledged by a follower may not be
+        applied here yet) and ask once more."""
+        try:
+            return await op()
+        except EtcdError as e:
+            if e.message != errors.LEASE_NOT_FOUND.message:
+                raise
+        await self.s.read_barrier()
+        return await op()
 
     async def time_to_live(
         self, lease_id: int, keys: bool, forwarded: bool = False
@@ -442,7 +456,7 @@ class LeaseRouter:
             return resp
 
         return await self._route(
-            local, lambda url, t: self._forward_ttl(url, lease_id, keys, t), forwarded
+            lambda: self._applied_first(local), lambda url, t: self._forward_ttl(url, lease_id, keys, t), forwarded
         )
 
     async def _route(self, local, forward, forwarded: bool):
