@@ -26,6 +26,10 @@ only the leader's clock matters:
   heartbeat of every client in the log.
 * TTL checkpointing (etcd's experimental ``LeaseCheckpoint``) is not done: a new
   leader grants the full TTL, the documented etcd 3.4 default.
+* A leader whose process was paused (SIGSTOP, a stalled disk: etcd #15247,
+  where such a leader revoked every lease on waking) does not expire leases
+  for the time it could not serve keep-alives: when the expiry check runs
+  much later than scheduled, every deadline moves by the missed time first.
 
 The lessor is an ``Applier`` lease observer (``on_grant``/``on_revoke`` after
 each committed batch, ``on_restore`` after a snapshot is installed), and is
@@ -114,6 +118,8 @@ class Lessor:
         self._burst = max(1.0, revoke_rate / 2)
         self._tokens = self._burst
         self._tokens_at = clock()
+        self.pause_threshold = max(1.0, extend)
+        self._last_check: float | None = None
         self._demoted: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -353,9 +359,32 @@ class Lessor:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def shift(self, seconds: float) -> None:
+        """Move every deadline ``seconds`` later (time this leader missed)."""
+        for lease in self._leases.values():
+            if lease.expiry != FOREVER:
+                lease.expiry += seconds
+        self._rebuild_heap()
+
+    def check_pause(self) -> float:
+        """Called once per expiry check: if this check comes far later than
+        scheduled, the process was not running; give the leases that time
+        back. Returns the time given back."""
+        now = self.clock()
+        last, self._last_check = self._last_check, now
+        if last is None or not self.primary:
+            return 0.0
+        missed = now - last - self.check_interval
+        if missed <= self.pause_threshold:
+            return 0.0
+        log.warning("lease expiry check ran %.1fs late (process paused?): extending all leases", missed)
+        self.shift(missed)
+        return missed
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.check_interval)
+            self.check_pause()
             if not self.primary:
                 continue
             try:

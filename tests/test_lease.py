@@ -394,6 +394,7 @@ def test_expiry_loop_runs_only_on_leader():
         clock, store = Clock(), Store()
         c = Cluster(store)
         lessor = Lessor(store, c.propose, clock=clock, check_interval=0.01)
+        lessor.pause_threshold = float("inf")  # this fake clock jumps on purpose
         c.lessor = lessor
         c.grant(1, 5)
         lessor.start()
@@ -416,3 +417,39 @@ def test_grpc_target():
     assert grpc_target("http://127.0.0.1:2379") == "127.0.0.1:2379"
     assert grpc_target("http://[::1]:2379") == "[::1]:2379"
     assert grpc_target("unix:///tmp/sock") == "unix:/tmp/sock"
+
+
+def test_paused_leader_gives_leases_the_missed_time():
+    """etcd #15247: a leader stalled for a long time must not revoke every
+    lease on waking; the time it was away is given back first."""
+
+    async def main():
+        lessor, c, clock, _ = make(extend=1.0, check_interval=0.5)
+        lessor.set_primary(True)
+        c.grant(1, 10)
+        assert lessor.check_pause() == 0.0
+        clock.advance(0.5)
+        assert lessor.check_pause() == 0.0  # on schedule
+        clock.advance(30.5)  # the process was stopped for 30 s
+        assert lessor.check_pause() == 30.0
+        assert await lessor.revoke_expired() == []
+        assert lessor.time_to_live(1) == (9, 10)
+        clock.advance(9.5)
+        assert lessor.check_pause() == 9.0  # late again: also given back
+        clock.advance(0.5)
+        lessor.check_pause()
+        clock.advance(9.5)
+        assert await lessor.revoke_expired() == [1]
+
+    run(main())
+
+
+def test_small_delays_are_not_pauses():
+    lessor, c, clock, _ = make(extend=1.0, check_interval=0.5)
+    lessor.set_primary(True)
+    c.grant(1, 10)
+    lessor.check_pause()
+    for _ in range(10):
+        clock.advance(1.2)  # a busy loop: late, but less than the threshold
+        assert lessor.check_pause() == 0.0
+    assert lessor.time_to_live(1) == (0, 10)  # expired (12 s > 10 s), awaiting its revoke

@@ -248,6 +248,27 @@ def test_leases_survive_restart(one: Cluster):
         s.close()
 
 
+def test_paused_leader_does_not_revoke_on_waking(one: Cluster):
+    """etcd #15247: a leader that was not running for longer than a TTL must
+    not expire every lease when it wakes up."""
+    n = one.nodes[0]
+    s = stubs(n.endpoint)
+    try:
+        g = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=3))
+        s.kv.Put(rpc_pb2.PutRequest(key=b"pause/a", value=b"1", lease=g.ID))
+        n.signal(signal.SIGSTOP)
+        try:
+            time.sleep(5)  # longer than the TTL
+        finally:
+            n.signal(signal.SIGCONT)
+        (r,) = list(s.lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=g.ID)]), timeout=30))
+        assert r.TTL == 3  # still alive, renewed
+        assert s.kv.Range(rpc_pb2.RangeRequest(key=b"pause/a")).count == 1
+        s.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=g.ID))
+    finally:
+        s.close()
+
+
 def _ttl(s: SimpleStubs, lid: int):
     try:
         return s.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lid, keys=True), timeout=5)
