@@ -148,13 +148,14 @@ SYNCED, UNSYNCED, CANCELED = "synced", "unsynced", "canceled"
 
 class Watcher:
     __slots__ = (
-        "id", "stream", "key", "end", "noput", "nodelete", "prev_kv", "progress_notify",
+        "id", "id_field", "stream", "key", "end", "noput", "nodelete", "prev_kv", "progress_notify",
         "fragment", "next_rev", "state", "group", "progress_due",
     )
 
     def __init__(self, stream: "WatchStream", wid: int, req: rpc_pb2.WatchCreateRequest,
                  key: bytes, end: bytes | None, next_rev: int) -> None:
         self.id = wid
+        self.id_field = _int_field(2, wid)  # its part of every response, encoded once
         self.stream = stream
         self.key = key
         self.end = end  # None: the single key; b"": every key >= key; else [key, end)
@@ -229,6 +230,8 @@ class WatchStream:
         """Register a watch; its created (or refused) response is queued now,
         before any event of it. Returns the watch id (-1 if refused)."""
         hub = self.hub
+        if self.closed:
+            return INVALID_WATCH_ID
         hub.check_store()
         rev = hub.rev
         key = req.key or b"\0"
@@ -336,10 +339,11 @@ class WatchStream:
             return
         if size is None:
             size = len(item) if isinstance(item, bytes) else sum(map(len, item))
-        self._queue.append((item, size))
+        q = self._queue
+        q.append((item, size))
         self._bytes += size
         self._ready.set()
-        if not self.has_room(0):
+        if len(q) >= self.hub.queue_max_items or self._bytes > self.hub.queue_max_bytes:
             self._room.clear()
 
     def _push_control(self, data: bytes) -> None:
@@ -351,11 +355,12 @@ class WatchStream:
         """Queue one events response for ``w`` (fragmented if it asked and the
         response reaches the limit, with etcd's splitting rule)."""
         w.progress_due = False
-        prefix = header + _int_field(2, w.id)
-        limit = self.hub.max_response_bytes
-        if not w.fragment or len(prefix) + size < limit or len(parts) < 2:
-            self._push((prefix, *parts), len(prefix) + size)
+        total = len(header) + len(w.id_field) + size
+        if not w.fragment or total < self.hub.max_response_bytes or len(parts) < 2:
+            self._push((header, w.id_field, *parts), total)
             return
+        prefix = header + w.id_field
+        limit = self.hub.max_response_bytes
         fprefix = prefix + _int_field(7, True)
         i = 0
         while i < len(parts):
@@ -631,11 +636,14 @@ class WatchHub:
             if header is None:
                 header = self.header_field(rev)
             size = sum(map(len, parts))
+            need = len(header) + size + 11
+            max_items, max_bytes = self.queue_max_items, self.queue_max_bytes
             for w in list(g.watchers):
                 if w.next_rev > rev:
                     continue  # a watch from a future revision
                 s = w.stream
-                if s.has_room(len(header) + size + 11):
+                q = s._queue
+                if not q or (len(q) < max_items and s._bytes + need <= max_bytes):
                     s.push_events(w, header, parts, size)
                     w.next_rev = rev + 1
                 else:
@@ -671,8 +679,8 @@ class WatchHub:
                 more = self.sync_round()
             except Exception:
                 log.exception("watch catch-up failed; retrying")
-                more = False
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)
+                continue
             if more:
                 await asyncio.sleep(0)
                 continue
