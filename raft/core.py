@@ -115,6 +115,9 @@ class Raft:
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_queue: list[bytes] = []
         self._reads_waiting_commit: list[Message] = []
+        # Heartbeats queued in ``msgs`` and not yet handed out in a Ready: a
+        # new read rides on them instead of starting another round.
+        self._hb_batch: list[Message] = []
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._reset_randomized_timeout()
@@ -201,6 +204,12 @@ class Raft:
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Called by the driver when a conf-change entry is applied."""
+        if self.log.unstable_snapshot is not None:
+            # A snapshot was received after the Ready carrying this entry was
+            # taken (the driver steps messages while it persists): the
+            # snapshot's configuration already includes this change and
+            # everything after it, so applying it now would regress it.
+            return self.conf_state()
         nid = cc.node_id
         nxt = self.log.last_index() + 1
         if cc.type == ConfChangeType.ADD_NODE:
@@ -252,6 +261,7 @@ class Raft:
         rd.snapshot = self.log.unstable_snapshot
         rd.committed_entries = self.log.next_committed_entries(self.cfg.max_committed_size_per_ready)
         rd.messages, self.msgs = self.msgs, []
+        self._hb_batch = []
         rd.read_states, self.read_states = self.read_states, []
         rd.must_sync = bool(rd.entries) or rd.snapshot is not None or (
             rd.hard_state is not None
@@ -299,6 +309,7 @@ class Raft:
         self._reads.clear()
         self._read_queue.clear()
         self._reads_waiting_commit.clear()
+        self._hb_batch = []
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -640,11 +651,13 @@ class Raft:
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
         committed = self.log.committed
+        batch = []
         for nid, pr in self.prs.items():
             if nid != self.id:
-                self._send(
-                    Message(MsgType.HEARTBEAT, to=nid, commit=min(pr.match, committed), context=ctx)
-                )
+                m = Message(MsgType.HEARTBEAT, to=nid, commit=min(pr.match, committed), context=ctx)
+                self._send(m)
+                batch.append(m)
+        self._hb_batch = batch
 
     def _committed_in_current_term(self) -> bool:
         return self.log.term(self.log.committed) == self.term
@@ -785,7 +798,13 @@ class Raft:
             return
         self._reads[ctx] = _PendingRead(self.log.committed, m.frm)
         self._read_queue.append(ctx)
-        self._bcast_heartbeat(ctx)
+        if self._hb_batch:
+            # One heartbeat round confirms every read queued before its
+            # context: reads arriving between two Readies share one round.
+            for hb in self._hb_batch:
+                hb.context = ctx
+        else:
+            self._bcast_heartbeat(ctx)
 
     def _release_reads_waiting_commit(self) -> None:
         if self._reads_waiting_commit and self._committed_in_current_term():

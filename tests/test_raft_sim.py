@@ -1,0 +1,648 @@
+"""Raft core: the fast deterministic simulation run, and targeted unit tests
+in the etcd-io/raft style.
+
+The simulation (tests/sim) runs whole 3- and 5-node clusters under faults and
+checks the Raft invariants at every step; ``python -m tests.sim --seeds 5000``
+is the long run. The unit tests below pin single behaviours with a small
+synchronous network (``Net``) where every node persists its Ready at once.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from raft.core import Config, Raft
+from raft.storage import MemoryStorage
+from raft.types import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MsgType,
+    ProposalDropped,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from tests.sim import SCENARIOS, run_one
+from tests.sim.cluster import copy_message
+
+# --------------------------------------------------------------------------
+# The fast simulation run (part of the normal test command).
+# --------------------------------------------------------------------------
+
+FAST_SEEDS = int(os.environ.get("RAFT_SIM_SEEDS", "30"))  # per scenario
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_simulation(scenario: str) -> None:
+    sc = SCENARIOS[scenario]
+    failures = []
+    for seed in range(FAST_SEEDS):
+        ok, msg, _ = run_one(seed, sc)
+        if not ok:
+            failures.append(
+                f"seed {seed} scenario {scenario}: {msg}\n"
+                f"  replay: python -m tests.sim --seed {seed} --scenario {scenario} -v"
+            )
+    assert not failures, "\n".join(failures)
+
+
+def test_simulation_replays_exactly() -> None:
+    a = run_one(3, SCENARIOS["chaos"])
+    b = run_one(3, SCENARIOS["chaos"])
+    assert a == b and a[0]
+
+
+# --------------------------------------------------------------------------
+# A small synchronous network for unit tests.
+# --------------------------------------------------------------------------
+
+
+def cc_entry(term: int, index: int, typ: ConfChangeType, node: int) -> Entry:
+    return Entry(term, index, EntryType.CONF_CHANGE, ConfChange(typ, node).encode())
+
+
+class Net:
+    """Nodes whose Readies are handled at once (persist, queue messages,
+    apply, advance); ``deliver()`` steps queued messages until quiet."""
+
+    def __init__(
+        self,
+        voters=(1, 2, 3),
+        learners=(),
+        stores: dict[int, MemoryStorage] | None = None,
+        **cfg,
+    ) -> None:
+        self.cfg = cfg
+        self.stores: dict[int, MemoryStorage] = {}
+        self.rafts: dict[int, Raft] = {}
+        self.applied: dict[int, list[Entry]] = {}
+        self.reads: dict[int, list] = {}
+        self.queue: list[Message] = []
+        self.sent: list[Message] = []
+        self.cut: set[tuple[int, int]] = set()
+        self.down: set[int] = set()
+        for nid in tuple(voters) + tuple(learners):
+            st = (stores or {}).get(nid) or MemoryStorage(voters, learners)
+            self.add(nid, st)
+
+    def add(self, nid: int, st: MemoryStorage, applied: int = 0) -> Raft:
+        self.stores[nid] = st
+        r = self.rafts[nid] = Raft(Config(nid, rng=random.Random(nid), applied=applied, **self.cfg), st)
+        self.applied.setdefault(nid, [])
+        self.reads.setdefault(nid, [])
+        return r
+
+    # -- driving ----------------------------------------------------------------
+    def process(self, nid: int) -> None:
+        r = self.rafts[nid]
+        st = self.stores[nid]
+        while r.has_ready():
+            rd = r.ready()
+            st.save(rd.hard_state, rd.entries, rd.snapshot)
+            for m in rd.messages:
+                self.sent.append(m)
+                self.queue.append(m)
+            for e in rd.committed_entries:
+                self.applied[nid].append(e)
+                if e.type == EntryType.CONF_CHANGE:
+                    r.apply_conf_change(ConfChange.decode(e.data))
+            r.advance(rd)
+            self.reads[nid].extend(rd.read_states)
+
+    def process_all(self) -> None:
+        for nid in self.rafts:
+            if nid not in self.down:
+                self.process(nid)
+
+    def blocked(self, m: Message) -> bool:
+        return m.to in self.down or m.frm in self.down or (m.frm, m.to) in self.cut or m.to not in self.rafts
+
+    def deliver(self, limit: int = 100000, transform=None) -> None:
+        """Deliver until quiet; ``transform`` may drop (None) or edit messages."""
+        self.process_all()
+        n = 0
+        while self.queue:
+            n += 1
+            assert n < limit, "network did not quiesce"
+            m = self.queue.pop(0)
+            if self.blocked(m):
+                continue
+            m = copy_message(m)
+            if transform is not None and (m := transform(m)) is None:
+                continue
+            try:
+                self.rafts[m.to].step(m)
+            except ProposalDropped:
+                pass
+            self.process(m.to)
+            if m.type == MsgType.SNAP:
+                self.rafts[m.frm].report_snapshot(m.to, True)
+                self.process(m.frm)
+
+    def tick(self, n: int = 1, nodes=None) -> None:
+        for _ in range(n):
+            for nid in nodes or list(self.rafts):
+                if nid not in self.down:
+                    self.rafts[nid].tick()
+            self.deliver()
+
+    def elect(self, nid: int) -> None:
+        self.rafts[nid].campaign()
+        self.deliver()
+        assert self.rafts[nid].role == Role.LEADER
+
+    def isolate(self, nid: int) -> None:
+        for other in self.rafts:
+            if other != nid:
+                self.cut.add((nid, other))
+                self.cut.add((other, nid))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def propose(self, nid: int, data: bytes) -> None:
+        self.rafts[nid].propose(data)
+        self.deliver()
+
+    def sent_to(self, nid: int, typ: MsgType) -> list[Message]:
+        return [m for m in self.sent if m.to == nid and m.type == typ]
+
+
+def log_of(r: Raft) -> list[tuple[int, int]]:
+    return [(e.index, e.term) for e in r.log.entries(r.log.first_index(), r.log.last_index() + 1)]
+
+
+# --------------------------------------------------------------------------
+# PreVote + CheckQuorum
+# --------------------------------------------------------------------------
+
+
+def test_rejoining_node_does_not_depose_healthy_leader() -> None:
+    net = Net()
+    net.elect(1)
+    term = net.rafts[1].term
+    net.isolate(3)
+    net.tick(100)
+    # Pre-votes fail while cut off: the isolated node's term never rises.
+    assert net.rafts[3].term == term
+    assert net.rafts[1].role == Role.LEADER
+    net.heal()
+    net.tick(50)
+    assert net.rafts[1].role == Role.LEADER and net.rafts[1].term == term
+    assert net.rafts[3].lead == 1 and net.rafts[3].term == term
+    net.propose(1, b"after")
+    assert net.applied[3][-1].data == b"after"
+
+
+def test_vote_ignored_within_leader_lease() -> None:
+    # A node with a higher term (e.g. restarted after campaigning alone)
+    # asks for votes: followers that hear from the leader ignore it.
+    net = Net()
+    net.elect(1)
+    term = net.rafts[1].term
+    net.rafts[2].step(Message(MsgType.VOTE, to=2, frm=3, term=term + 5, index=100, log_term=term + 4))
+    assert net.rafts[2].term == term and net.rafts[2].lead == 1
+    net.rafts[1].step(Message(MsgType.PRE_VOTE, to=1, frm=3, term=term + 5, index=100, log_term=term + 4))
+    net.process(1)
+    assert net.rafts[1].role == Role.LEADER and net.rafts[1].term == term
+
+
+def test_check_quorum_leader_steps_down_when_cut_off() -> None:
+    net = Net()
+    net.elect(1)
+    net.isolate(1)
+    net.tick(2 * net.rafts[1].cfg.election_tick + 1, nodes=[1])
+    assert net.rafts[1].role == Role.FOLLOWER
+
+
+# --------------------------------------------------------------------------
+# Fast back-off
+# --------------------------------------------------------------------------
+
+
+def test_fast_backoff_long_divergent_log() -> None:
+    common = [Entry(1, i) for i in range(1, 11)]
+    lead_log = common + [Entry(3, i) for i in range(11, 61)]
+    div_log = common + [Entry(2, i) for i in range(11, 211)]  # 200 divergent entries
+    stores = {}
+    for nid, ents, term in ((1, lead_log, 3), (2, div_log, 3), (3, lead_log, 3)):
+        st = MemoryStorage((1, 2, 3))
+        st.save(HardState(term, NONE, 10), ents, None)
+        stores[nid] = st
+    net = Net(stores=stores)
+    net.elect(1)
+    net.deliver()
+    rejects = [m for m in net.sent if m.frm == 2 and m.type == MsgType.APP_RESP and m.reject]
+    assert 1 <= len(rejects) <= 2, len(rejects)
+    assert log_of(net.rafts[2]) == log_of(net.rafts[1])
+    assert net.rafts[2].log.committed == net.rafts[1].log.committed == net.rafts[1].log.last_index()
+
+
+def test_fast_backoff_follower_with_short_log() -> None:
+    lead_log = [Entry(1, i) for i in range(1, 101)]
+    stores = {1: MemoryStorage((1, 2, 3)), 3: MemoryStorage((1, 2, 3))}
+    for nid in (1, 3):
+        stores[nid].save(HardState(1, NONE, 0), lead_log, None)
+    net = Net(stores=stores)
+    net.elect(1)
+    rejects = [m for m in net.sent if m.frm == 2 and m.type == MsgType.APP_RESP and m.reject]
+    assert len(rejects) == 1
+    assert log_of(net.rafts[2]) == log_of(net.rafts[1])
+
+
+# --------------------------------------------------------------------------
+# The commit rule (Figure 8)
+# --------------------------------------------------------------------------
+
+
+def test_old_term_entry_not_committed_by_counting_replicas() -> None:
+    # Leader of term 3 holds entry 2 from term 2; followers ack entry 2 but
+    # not the leader's own term-3 entry: entry 2 must stay uncommitted.
+    st = MemoryStorage((1, 2, 3))
+    st.save(HardState(2, NONE, 1), [Entry(1, 1), Entry(2, 2)], None)
+    r = Raft(Config(1, rng=random.Random(1)), st)
+    r.campaign()
+    r.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=3))
+    r.step(Message(MsgType.VOTE_RESP, to=1, frm=2, term=3))
+    assert r.role == Role.LEADER and r.term == 3 and r.log.last_index() == 3
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=3, index=2))
+    r.step(Message(MsgType.APP_RESP, to=1, frm=3, term=3, index=2))
+    assert r.log.committed == 1, "an old-term entry was committed by counting replicas"
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=3, index=3))
+    assert r.log.committed == 3  # the current-term entry commits the old one too
+
+
+def test_figure8_overwritten_entry_was_never_committed() -> None:
+    """Raft paper, Figure 8, played on five nodes (classic Raft: no PreVote,
+    no CheckQuorum leases, so the old leader's rivals can be elected)."""
+    net = Net(voters=(1, 2, 3, 4, 5), pre_vote=False, check_quorum=False)
+    net.elect(1)  # term 1; its empty entry 1 is committed everywhere
+    votes = (MsgType.VOTE, MsgType.VOTE_RESP)
+
+    def among(*ids):
+        return lambda m: m if m.frm in ids and m.to in ids else None
+
+    def votes_among(*ids):
+        return lambda m: m if m.type in votes and m.frm in ids and m.to in ids else None
+
+    def win(nid, *voters):
+        r = net.rafts[nid]
+        for _ in range(5):
+            r.campaign()
+            net.deliver(transform=votes_among(nid, *voters))
+            if r.role == Role.LEADER:
+                return r
+        raise AssertionError(f"n{nid} not elected")
+
+    # (a) S1 replicates "a" at index 2 to S2 only.
+    net.rafts[1].propose(b"a")
+    net.deliver(transform=among(1, 2))
+    assert net.rafts[2].log.term(2) == 1 and net.rafts[1].log.committed == 1
+    # (b) S1 crashes; S5 is elected by S3 and S4 and appends at index 2 alone.
+    net.down = {1}
+    r5 = win(5, 3, 4)
+    r5.propose(b"b")
+    net.process(5)
+    net.queue.clear()
+    t5 = r5.log.term(2)
+    assert t5 > 1
+    # (c) S5 crashes; S1 restarts and is elected by S2 and S3; it gets entry 2
+    # ("a", term 1) onto S3 -- a majority -- but not its own new entry.
+    net.down = {5}
+    net.add(1, net.stores[1])
+    r1 = win(1, 2, 3)
+
+    def only_index_2(m):
+        if m.frm not in (1, 2, 3) or m.to not in (1, 2, 3):
+            return None
+        if m.type == MsgType.APP:
+            m.entries = [e for e in m.entries if e.index <= 2]
+        return m
+
+    r1.tick()  # heartbeats unpause the probes dropped during the election
+    net.deliver(transform=only_index_2)
+    assert net.rafts[3].log.term(2) == 1
+    assert r1.progress()[2][0] == 2 and r1.progress()[3][0] == 2
+    assert r1.log.committed == 1, "entry 2 of term 1 committed by counting replicas"
+    # (d) S1 crashes; S5 restarts and wins with S2, S3, S4 (its last term is
+    # higher) and overwrites entry 2 everywhere: it was never committed.
+    net.down = {1}
+    net.add(5, net.stores[5])
+    win(5, 2, 3, 4).tick()
+    net.deliver(transform=among(2, 3, 4, 5))
+    for n in (2, 3, 4, 5):
+        assert net.rafts[n].log.term(2) == t5
+    assert not any(e.data == b"a" for n in net.applied for e in net.applied[n])
+
+
+# --------------------------------------------------------------------------
+# ReadIndex
+# --------------------------------------------------------------------------
+
+
+def test_read_index_batches_many_reads_into_one_round() -> None:
+    net = Net()
+    net.elect(1)
+    net.propose(1, b"x")
+    r = net.rafts[1]
+    commit = r.log.committed
+    for k in range(20):
+        r.read_index(b"ctx%d" % k)
+    rd_msgs_before = len(net.sent)
+    net.process(1)
+    hbs = [m for m in net.sent[rd_msgs_before:] if m.type == MsgType.HEARTBEAT]
+    assert len(hbs) == 2, "one heartbeat round (one per follower) for all 20 reads"
+    net.deliver()
+    got = net.reads[1]
+    assert sorted(rs.request_ctx for rs in got) == sorted(b"ctx%d" % k for k in range(20))
+    assert all(rs.index == commit for rs in got)
+
+
+def test_read_index_answered_by_last_round_when_earlier_rounds_lost() -> None:
+    net = Net()
+    net.elect(1)
+    r = net.rafts[1]
+    r.read_index(b"a")
+    net.process(1)
+    net.queue.clear()  # the first round is lost
+    r.read_index(b"b")
+    net.deliver()
+    assert [rs.request_ctx for rs in net.reads[1]] == [b"a", b"b"]
+
+
+def test_follower_read_is_forwarded_and_answered() -> None:
+    net = Net()
+    net.elect(1)
+    net.propose(1, b"x")
+    net.rafts[3].read_index(b"f")
+    net.deliver()
+    assert [(rs.index, rs.request_ctx) for rs in net.reads[3]] == [(net.rafts[1].log.committed, b"f")]
+
+
+def test_read_forwarded_twice_is_answered_to_the_asker() -> None:
+    # Regression (sim seed 7/chaos at 7cc06f9^): a follower forwarding a
+    # READ_INDEX it received from another node replaced the asker with itself.
+    net = Net()
+    net.elect(1)
+    net.rafts[2].step(Message(MsgType.READ_INDEX, to=2, frm=3, context=b"r"))
+    net.deliver()
+    assert [rs.request_ctx for rs in net.reads[3]] == [b"r"]
+    assert net.reads[2] == []
+
+
+def test_read_waits_for_commit_in_current_term() -> None:
+    # A new leader's commit index may lag until its own first entry commits.
+    st = MemoryStorage((1, 2, 3))
+    st.save(HardState(1, NONE, 1), [Entry(1, 1), Entry(1, 2)], None)
+    r = Raft(Config(1, rng=random.Random(1)), st)
+    r.campaign()
+    r.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=2))
+    r.step(Message(MsgType.VOTE_RESP, to=1, frm=2, term=2))
+    assert r.role == Role.LEADER and r.log.committed == 1
+    r.read_index(b"early")
+    rd = r.ready()
+    assert not any(m.context == b"early" for m in rd.messages) and not rd.read_states
+    st.save(rd.hard_state, rd.entries, rd.snapshot)
+    r.advance(rd)
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=3))
+    assert r.log.committed == 3
+    rd = r.ready()
+    assert any(m.type == MsgType.HEARTBEAT and m.context == b"early" for m in rd.messages)
+    r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=3, term=2, context=b"early"))
+    assert [(rs.index, rs.request_ctx) for rs in r.ready().read_states] == [(3, b"early")]
+
+
+# --------------------------------------------------------------------------
+# Leader transfer
+# --------------------------------------------------------------------------
+
+
+def test_transfer_to_up_to_date_follower() -> None:
+    net = Net()
+    net.elect(1)
+    term = net.rafts[1].term
+    net.rafts[1].transfer_leader(2)
+    net.deliver()
+    assert any(m.type == MsgType.TIMEOUT_NOW and m.to == 2 for m in net.sent)
+    assert net.rafts[2].role == Role.LEADER and net.rafts[2].term == term + 1
+    assert net.rafts[1].role == Role.FOLLOWER and net.rafts[1].lead == 2
+
+
+def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
+    net = Net()
+    net.elect(1)
+    net.isolate(3)
+    for k in range(5):
+        net.propose(1, b"%d" % k)
+    net.heal()
+    net.rafts[1].transfer_leader(3)
+    net.deliver()
+    assert net.rafts[3].role == Role.LEADER
+    assert [e.data for e in net.applied[3] if e.data][-5:] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_transfer_asked_on_a_follower_goes_to_the_target() -> None:
+    # Regression: the forwarding follower replaced the target (frm) with itself.
+    net = Net()
+    net.elect(1)
+    net.rafts[3].transfer_leader(2)
+    net.deliver()
+    assert net.rafts[2].role == Role.LEADER
+    assert net.rafts[3].role == Role.FOLLOWER
+
+
+def test_proposals_dropped_during_transfer_and_transfer_aborts() -> None:
+    net = Net()
+    net.elect(1)
+    net.down.add(3)
+    r = net.rafts[1]
+    r.transfer_leader(3)
+    net.deliver()
+    assert r.lead_transferee == 3
+    with pytest.raises(ProposalDropped):
+        r.propose(b"during")
+    net.tick(r.cfg.election_tick, nodes=[1, 2])
+    assert r.role == Role.LEADER and r.lead_transferee == NONE
+    net.propose(1, b"after")
+    assert net.applied[2][-1].data == b"after"
+
+
+# --------------------------------------------------------------------------
+# Learners and membership
+# --------------------------------------------------------------------------
+
+
+def test_learner_never_campaigns_and_gets_no_vote_request() -> None:
+    net = Net(voters=(1, 2, 3), learners=(4,))
+    net.elect(1)
+    assert not net.sent_to(4, MsgType.PRE_VOTE) and not net.sent_to(4, MsgType.VOTE)
+    net.isolate(4)
+    net.tick(100, nodes=[4])
+    assert net.rafts[4].role == Role.FOLLOWER and net.rafts[4].term == net.rafts[1].term
+
+
+def test_learner_not_counted_for_commit() -> None:
+    net = Net(voters=(1, 2, 3), learners=(4, 5))
+    net.elect(1)
+    c = net.rafts[1].log.committed
+    net.isolate(2)
+    net.isolate(3)
+    net.propose(1, b"x")
+    assert net.rafts[4].log.last_index() == net.rafts[1].log.last_index()
+    assert net.rafts[1].log.committed == c
+    net.heal()
+    net.tick(2)
+    assert net.rafts[1].log.committed == net.rafts[1].log.last_index()
+
+
+def test_one_pending_conf_change_at_a_time() -> None:
+    net = Net()
+    net.elect(1)
+    r = net.rafts[1]
+    net.isolate(2)
+    net.isolate(3)
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    with pytest.raises(ProposalDropped):
+        r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 5))
+    # Forwarded from a follower, the second change is neutralised, not appended.
+    net.heal()
+    before = r.log.last_index()
+    r.step(Message(MsgType.PROP, to=1, frm=2, entries=[cc_entry(0, 0, ConfChangeType.ADD_LEARNER, 5)]))
+    assert r.log.term(before + 1) == r.term
+    assert r.log.entries(before + 1, before + 2)[0].type == EntryType.NORMAL
+    net.deliver()
+    assert r.conf_state().learners == (4,)
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 5))  # now allowed
+    net.deliver()
+    assert r.conf_state().learners == (4, 5)
+
+
+def test_no_conf_change_before_first_entry_of_term_applied() -> None:
+    net = Net()
+    r = net.rafts[1]
+    r.campaign()
+    r.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=r.term + 1))
+    r.step(Message(MsgType.VOTE_RESP, to=1, frm=2, term=r.term))
+    assert r.role == Role.LEADER
+    with pytest.raises(ProposalDropped):
+        r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+
+
+def test_add_learner_catch_up_promote_and_remove_leader() -> None:
+    net = Net()
+    net.elect(1)
+    for k in range(5):
+        net.propose(1, b"%d" % k)
+    r = net.rafts[1]
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    net.deliver()
+    net.add(4, MemoryStorage((1, 2, 3), (4,)))
+    net.tick(2)
+    assert r.progress()[4][0] == r.log.last_index()
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, 4))
+    net.deliver()
+    assert net.rafts[4].conf_state().voters == (1, 2, 3, 4)
+    r.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 1))
+    net.deliver()
+    assert r.role == Role.FOLLOWER  # the removed leader stepped down
+    net.down.add(1)
+    net.tick(40, nodes=[2, 3, 4])
+    lead = [n for n in (2, 3, 4) if net.rafts[n].role == Role.LEADER]
+    assert len(lead) == 1
+    net.propose(lead[0], b"without 1")
+    assert all(net.applied[n][-1].data == b"without 1" for n in (2, 3, 4))
+
+
+def test_restart_with_applied_past_snapshot_keeps_membership() -> None:
+    # Regression (sim seeds 343/chaos, 366/membership at 7cc06f9^): conf
+    # changes between the snapshot and Config.applied were not handed out
+    # again, so a restarted node ran with its snapshot's membership.
+    st = MemoryStorage((1, 2, 3))
+    st.save(
+        HardState(1, 1, 3),
+        [Entry(1, 1), cc_entry(1, 2, ConfChangeType.ADD_LEARNER, 4), cc_entry(1, 3, ConfChangeType.ADD_NODE, 5)],
+        None,
+    )
+    r = Raft(Config(1, applied=3, rng=random.Random(1)), st)
+    assert r.conf_state() == ConfState((1, 2, 3, 5), (4,))
+    assert not r.log.has_next_committed_entries()
+    # With a lost commit index, only the part up to it is replayed; the rest
+    # is handed out again and applied by the driver.
+    st.hard_state = HardState(1, 1, 2)
+    r = Raft(Config(1, applied=3, rng=random.Random(1)), st)
+    assert r.conf_state() == ConfState((1, 2, 3), (4,))
+
+
+def test_conf_change_applied_after_newer_snapshot_is_ignored() -> None:
+    # Regression: a driver that steps messages while it persists a Ready may
+    # receive a snapshot before applying that Ready's conf change; the older
+    # change must not overwrite the snapshot's membership.
+    st = MemoryStorage((1, 2, 3))
+    st.save(HardState(1, 1, 0), [Entry(1, 1), cc_entry(1, 2, ConfChangeType.ADD_NODE, 4)], None)
+    r = Raft(Config(2, rng=random.Random(1)), st)
+    r.step(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1, commit=2))
+    rd = r.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+    snap = Snapshot(SnapshotMeta(10, 1, ConfState((1, 2, 3), ())), b"")
+    r.step(Message(MsgType.SNAP, to=2, frm=1, term=1, snapshot=snap))
+    st.save(rd.hard_state, rd.entries, rd.snapshot)
+    r.apply_conf_change(ConfChange.decode(rd.committed_entries[1].data))
+    r.advance(rd)
+    rd2 = r.ready()
+    assert rd2.snapshot == snap
+    st.save(rd2.hard_state, rd2.entries, rd2.snapshot)
+    r.advance(rd2)
+    assert r.conf_state() == snap.meta.conf_state
+
+
+# --------------------------------------------------------------------------
+# Snapshots and flow control
+# --------------------------------------------------------------------------
+
+
+def test_snapshot_install_for_lagging_follower() -> None:
+    net = Net()
+    net.elect(1)
+    net.isolate(3)
+    for k in range(20):
+        net.propose(1, b"%d" % k)
+    r = net.rafts[1]
+    applied = r.log.applied
+    net.stores[1].compact(SnapshotMeta(applied, 0, r.conf_state()), b"state@%d" % applied)
+    net.propose(1, b"after compaction")
+    net.heal()
+    net.tick(3)
+    snaps = net.sent_to(3, MsgType.SNAP)
+    assert len(snaps) == 1 and snaps[0].snapshot.meta.index == applied
+    assert net.stores[3].snapshot().data == b"state@%d" % applied
+    assert log_of(net.rafts[3]) == log_of(r)
+    assert net.rafts[3].log.committed == r.log.committed
+    assert net.applied[3][-1].data == b"after compaction"
+
+
+def test_inflight_limit_bounds_appends_to_silent_follower() -> None:
+    net = Net(max_inflight_msgs=3, max_size_per_msg=1)
+    net.elect(1)
+    net.propose(1, b"warm")  # node 2 is in REPLICATE now
+    net.cut.add((2, 1))  # node 2 receives but never answers
+    start = len(net.sent)
+    for k in range(50):
+        net.propose(1, b"%d" % k)
+        net.tick(1, nodes=[1])
+    apps = [m for m in net.sent[start:] if m.to == 2 and m.type == MsgType.APP and m.entries]
+    assert len(apps) <= 3, len(apps)
+    # Node 3 answers: everything commits regardless.
+    assert net.rafts[1].log.committed == net.rafts[1].log.last_index()
+    # Once node 2 answers again it catches up.
+    net.heal()
+    net.tick(5)
+    assert net.rafts[2].log.committed == net.rafts[1].log.committed
