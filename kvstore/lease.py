@@ -435,6 +435,79 @@ class _Retry(Exception):
     pass
 
 
+# Forwarded keep-alives use the ordinary LeaseKeepAlive method with a marker
+# header, which switches the leader's handler to a member-to-member dialect:
+# requests are served concurrently (one slow renewal, e.g. of a lease whose
+# revoke is in flight, does not hold up the others), answers come back in any
+# order and are matched by lease ID, and TTL < 0 means "could not renew here,
+# retry" (not leader, timeout), TTL 0 "lease not found" as usual.
+RETRY_TTL = -1
+
+
+class _ForwardStream:
+    """One long-lived keep-alive stream to the leader, shared by every
+    renewal this follower forwards (instead of a call per keep-alive)."""
+
+    def __init__(self, stub: rpc_pb2_grpc.LeaseStub, url: str) -> None:
+        self.url = url
+        self.call = stub.LeaseKeepAlive(metadata=((FORWARD_HEADER, "1"),))
+        self.pending: dict[int, list[asyncio.Future[int]]] = {}
+        self.closed = False
+        self._write_lock = asyncio.Lock()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def renew(self, lease_id: int, timeout: float) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(lease_id, []).append(fut)
+        try:
+            async with self._write_lock:
+                await asyncio.wait_for(self.call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)), timeout)
+            ttl = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.TimeoutError) as e:
+            if not isinstance(e, asyncio.TimeoutError):
+                log.debug("keep-alive stream to %s failed: %s", self.url, e)
+                self.close()
+            raise _Retry() from None
+        if ttl < 0:
+            raise _Retry()
+        if ttl == 0:
+            raise errors.LEASE_NOT_FOUND
+        return ttl
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self.call.read()
+                if resp is grpc.aio.EOF:
+                    break
+                waiters = self.pending.get(resp.ID)
+                if waiters:
+                    fut = waiters.pop(0)
+                    if not waiters:
+                        del self.pending[resp.ID]
+                    if not fut.done():
+                        fut.set_result(resp.TTL)
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:
+            log.debug("keep-alive stream to %s ended: %s", self.url, e)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for waiters in pending.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(_Retry())
+        self.call.cancel()
+        if not self._reader.done():
+            self._reader.cancel()
+
+
 class LeaseRouter:
     """Serves renewals and TTL queries where lease time is known: locally on
     the leader, else forwarded to the leader's advertised client gRPC URL (one
@@ -445,12 +518,16 @@ class LeaseRouter:
         self.s = server
         self.timeout = timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._streams: dict[str, _ForwardStream] = {}
 
     @property
     def lessor(self) -> Lessor:
         return self.s.lessor
 
     async def close(self) -> None:
+        streams, self._streams = self._streams, {}
+        for fs in streams.values():
+            fs.close()
         chans, self._channels = self._channels, {}
         for ch in chans.values():
             await ch.close()
@@ -536,21 +613,10 @@ class LeaseRouter:
         return rpc_pb2_grpc.LeaseStub(ch)
 
     async def _forward_renew(self, url: str, lease_id: int, timeout: float) -> int:
-        call = self._stub(url).LeaseKeepAlive(metadata=((FORWARD_HEADER, "1"),), timeout=timeout)
-        try:
-            await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
-            resp = await call.read()
-            await call.done_writing()
-        except grpc.aio.AioRpcError as e:
-            log.debug("forwarded keep-alive to %s failed: %s", url, e.details())
-            raise _Retry() from None
-        finally:
-            call.cancel()
-        if resp is grpc.aio.EOF or resp is None:
-            raise _Retry()
-        if resp.TTL <= 0:
-            raise errors.LEASE_NOT_FOUND
-        return resp.TTL
+        fs = self._streams.get(url)
+        if fs is None or fs.closed:
+            fs = self._streams[url] = _ForwardStream(self._stub(url), url)
+        return await fs.renew(lease_id, timeout)
 
     async def _forward_ttl(
         self, url: str, lease_id: int, keys: bool, timeout: float

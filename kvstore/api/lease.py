@@ -8,6 +8,7 @@ an unknown lease is not an error (TTL 0, resp. TTL -1).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -15,7 +16,7 @@ import grpc
 
 from .. import errors
 from ..errors import EtcdError
-from ..lease import FORWARD_HEADER, LeaseRouter
+from ..lease import FORWARD_HEADER, RETRY_TTL, LeaseRouter
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from .common import unary
 
@@ -70,11 +71,14 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
-        forwarded = _forwarded(context)
+        if _forwarded(context):
+            async for resp in self._forwarded_keepalive(request_iterator):
+                yield resp
+            return
         try:
             async for req in request_iterator:
                 try:
-                    ttl = await self.router.renew(req.ID, forwarded)
+                    ttl = await self.router.renew(req.ID)
                 except EtcdError as e:
                     if e.message != errors.LEASE_NOT_FOUND.message:
                         raise
@@ -87,6 +91,48 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         except Exception:
             log.exception("internal error in LeaseKeepAlive")
             await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
+
+    async def _forwarded_keepalive(
+        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest]
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        """The member-to-member dialect (see kvstore.lease.RETRY_TTL):
+        concurrent renewals, answers matched by ID, TTL -1 = retry elsewhere."""
+        out: asyncio.Queue[rpc_pb2.LeaseKeepAliveResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(lease_id: int) -> None:
+            try:
+                ttl = await self.router.renew(lease_id, forwarded=True)
+            except EtcdError as e:
+                ttl = 0 if e.message == errors.LEASE_NOT_FOUND.message else RETRY_TTL
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("forwarded renewal of %x failed", lease_id)
+                ttl = RETRY_TTL
+            out.put_nowait(rpc_pb2.LeaseKeepAliveResponse(header=self.s.header(), ID=lease_id, TTL=ttl))
+
+        async def pump() -> None:
+            try:
+                async for req in request_iterator:
+                    t = asyncio.ensure_future(one(req.ID))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            except Exception:
+                pass
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.ensure_future(pump())
+        try:
+            while (resp := await out.get()) is not None:
+                yield resp
+        finally:
+            reader.cancel()
+            for t in list(tasks):
+                t.cancel()
 
     @unary
     async def LeaseTimeToLive(
