@@ -448,6 +448,7 @@ class WatchHub:
         queue_max_bytes: int = 16 << 20,
         chunk_events: int = 1000,
         chunk_bytes: int = 1 << 20,
+        chunk_revs: int = 10_000,
         sync_round_events: int = 10_000,
         prev_kv: Callable[[kv_pb2.Event], kv_pb2.KeyValue | None] | None = None,
     ) -> None:
@@ -459,6 +460,7 @@ class WatchHub:
         self.queue_max_bytes = queue_max_bytes
         self.chunk_events = max(1, chunk_events)  # etcd: 1000 revisions per catch-up response
         self.chunk_bytes = chunk_bytes
+        self.chunk_revs = max(1, chunk_revs)
         self.sync_round_events = sync_round_events
         self._prev_kv_lookup = prev_kv
         self.rev = history.current_revision  # every event <= rev has been dispatched
@@ -727,7 +729,7 @@ class WatchHub:
                 continue
             encoded = [encode_event(ev, self.prev_kv_of(ev) if want_prev else None) for ev in evs]
             evs, encoded, upto = self._trim_bytes(evs, encoded, upto)
-            budget -= len(evs) + 1
+            budget -= max(len(evs), (upto - start + 1) // 10, 1)
             if header is None:
                 header = self.header_field(cur)
             bodies: dict[tuple[bool, bool], tuple[list[bytes], int]] = {}
@@ -744,8 +746,12 @@ class WatchHub:
                 w.next_rev = upto + 1
                 if upto >= cur:
                     self.make_synced(w)
-                elif w.stream.below_low_watermark():
-                    more = True  # else its stream wakes us once drained
+                else:
+                    # to the back of the line: rounds are fair between watchers
+                    del self.unsynced[w]
+                    self.unsynced[w] = None
+                    if w.stream.below_low_watermark():
+                        more = True  # else its stream wakes us once drained
         return more
 
     def _trim_bytes(self, evs, encoded, upto):
@@ -762,7 +768,10 @@ class WatchHub:
     def _read_chunk(self, start: int, end: int, key: bytes, range_end: bytes | None,
                     prev_kv: bool) -> tuple[list[kv_pb2.Event], int]:
         """Events in [start, end], about ``chunk_events`` of them at most but
-        never part of a revision. Returns (events, last revision covered)."""
+        never part of a revision, scanning at most ``chunk_revs`` revisions (a
+        narrow range far behind must not hold the loop through all history).
+        Returns (events, last revision covered)."""
+        end = min(end, start + self.chunk_revs - 1)
         evs, next_rev = self.history.events(
             start, end + 1, key, _store_range_end(range_end), limit=self.chunk_events, prev_kv=prev_kv
         )

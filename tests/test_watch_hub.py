@@ -864,3 +864,31 @@ def test_restore_hook_resyncs_synced_watchers():
     for i in range(7):
         put(store, hub, (b"a", b"%d" % i))
     assert [e[2] for e in evs_of(s.drain(), 1)] == [10]
+
+
+def test_catch_up_scans_history_in_revision_windows():
+    store, hub = mkhub(chunk_revs=10)
+    for i in range(95):
+        put(store, hub, (b"z" if i % 30 == 0 else b"other", b"%d" % i))
+    s = hub.open_stream()
+    s.create(C(key=b"z", start_revision=2))
+    hub.sync_round()
+    assert hub.unsynced  # one window of 10 revisions per round
+    settle(hub)
+    assert store.events_calls >= 9
+    assert [e[2] for e in evs_of(s.drain(), 0)] == [2, 32, 62, 92]
+
+
+def test_rounds_are_fair_between_unsynced_watchers():
+    store, hub = mkhub(chunk_events=1, sync_round_events=3)
+    for i in range(20):
+        put(store, hub, (b"a", b"%d" % i), (b"b", b"%d" % i))
+    s = hub.open_stream()
+    hub.queue_max_items = 10_000
+    for key in (b"a", b"b", b"a", b"b", b"a"):
+        s.create(C(key=key, range_end=key + b"\0", start_revision=2))
+    s.create(C(key=b"b", start_revision=2))
+    for _ in range(4):
+        hub.sync_round()
+    got = check_stream(s.drain())
+    assert all(got[w] for w in range(6))  # every watcher made progress
