@@ -342,3 +342,30 @@ def test_follower_forwards_keepalive_and_timetolive_to_leader():
             follower.close()
 
     asyncio.run(main())
+
+
+def test_forwarded_keepalive_dialect():
+    """Member-to-member keep-alives: served concurrently, matched by ID,
+    TTL -1 = retry at the leader."""
+
+    async def t(s: InProcServer, ch):
+        lease = rpc_pb2_grpc.LeaseStub(ch)
+        await lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=5, ID=1))
+        await lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=50, ID=2))
+        s.clock.advance(6)  # lease 1 expired, its revoke not yet proposed
+        call = lease.LeaseKeepAlive(metadata=((FORWARD_HEADER, "1"),))
+        await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=1))
+        await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=2))
+        first = await call.read()
+        assert (first.ID, first.TTL) == (2, 50)  # not held up behind lease 1
+        assert await s.expire(0) == [1]
+        second = await call.read()
+        assert (second.ID, second.TTL) == (1, 0)  # revoked: not found
+        s.lessor.set_primary(False)  # no longer the leader
+        await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=2))
+        third = await call.read()
+        assert (third.ID, third.TTL) == (2, -1)
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+
+    run(t)
