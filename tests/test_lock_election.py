@@ -318,3 +318,26 @@ def test_cancelled_campaign_resigns():
         assert w.done()
 
     run(t)
+
+
+def test_waiter_rereads_after_snapshot_restore():
+    """Events a waiter missed (the store jumped to a snapshot) are made up
+    for by re-reading the store."""
+    from kvstore.api.lock import KeyEvents
+
+    async def t(s: InProcServer, ch):
+        lease, lock, _, _ = stubs(ch)
+        a, b = await grant(lease), await grant(lease)
+        held = await lock.Lock(lpb.LockRequest(name=b"S", lease=a))
+        w = asyncio.ensure_future(lock.Lock(lpb.LockRequest(name=b"S", lease=b)))
+        await settle()
+        hub = next(x for x in s.applier.event_sinks if isinstance(x, KeyEvents))
+        s.applier.event_sinks.remove(hub)  # the deletion arrives "inside a snapshot"
+        await lock.Unlock(lpb.UnlockRequest(key=held.key))
+        s.applier.event_sinks.append(hub)
+        await settle()
+        assert not w.done()
+        hub.on_restore()  # what Applier.restore does for every event sink
+        assert (await w).key == b"S/" + format(b, "x").encode()
+
+    run(t)

@@ -171,8 +171,7 @@ class KeyEvents:
     def __init__(self, applier: Any) -> None:
         self._by_key: dict[bytes, set[Subscription]] = {}
         self._ranges: set[Subscription] = set()
-        applier.event_sinks.append(self)
-        applier.lease_observers.append(self)  # for on_restore
+        applier.event_sinks.append(self)  # notify(), and on_restore() after a snapshot
 
     def subscribe(self, key: bytes, end: bytes | None = None) -> Subscription:
         sub = Subscription(key, end)
@@ -203,14 +202,8 @@ class KeyEvents:
                 if sub.matches(ev.kv.key):
                     sub.push(ev)
 
-    # LeaseObserver
-    def on_grant(self, lease_id: int, ttl: int) -> None:
-        pass
-
-    def on_revoke(self, lease_id: int) -> None:
-        pass
-
     def on_restore(self) -> None:
+        """The store jumped (snapshot installed): every reader re-reads."""
         subs = list(self._ranges) + [s for ss in self._by_key.values() for s in ss]
         for sub in subs:
             sub.events.clear()
