@@ -212,12 +212,12 @@ def test_etcdctl_lease_expires_and_min_ttl(one: Cluster):
 @need_etcdctl
 def test_etcdctl_keep_alive_keeps_lease(one: Cluster):
     ep = one.nodes[0].endpoint
-    lid = lease_id(etcdctl(ep, "lease", "grant", "2").stdout)
+    lid = lease_id(etcdctl(ep, "lease", "grant", "3").stdout)
     etcdctl(ep, "put", "--lease", lid, "ka/a", "1")
     ka = ReadLines(etcdctl_bg(ep, "lease", "keep-alive", lid))
     try:
-        # several TTLs' worth of keep-alives
-        wait_for(lambda: sum("keepalived" in l for l in ka.lines) >= 8, 60, "keep-alives")
+        # several TTLs' worth of keep-alives (etcdctl sends one every TTL/3)
+        wait_for(lambda: sum("keepalived" in l for l in ka.lines) >= 10, 60, "keep-alives")
         assert "ka/a" in etcdctl(ep, "get", "ka/a").stdout
     finally:
         ka.stop()
@@ -362,9 +362,9 @@ def test_keepalive_and_timetolive_through_follower(three: Cluster):
     ep = followers[0]
     s = stubs(ep)
     try:
-        g = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=2))
+        g = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=3))
         s.kv.Put(rpc_pb2.PutRequest(key=b"fka", value=b"v", lease=g.ID))
-        stop_at = time.monotonic() + 6  # three TTLs
+        stop_at = time.monotonic() + 9  # three TTLs
         answers = []
 
         def reqs():
@@ -374,9 +374,9 @@ def test_keepalive_and_timetolive_through_follower(three: Cluster):
 
         for r in s.lease.LeaseKeepAlive(reqs(), timeout=30):
             answers.append(r.TTL)
-        assert answers and set(answers) == {2}
+        assert answers and set(answers) == {3}
         ttl = s.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=g.ID, keys=True))
-        assert ttl.grantedTTL == 2 and 0 <= ttl.TTL <= 2 and list(ttl.keys) == [b"fka"]
+        assert ttl.grantedTTL == 3 and 0 <= ttl.TTL <= 3 and list(ttl.keys) == [b"fka"]
         # no more keep-alives: it expires
         wait_for(lambda: _ttl(s, g.ID) is not None and _ttl(s, g.ID).TTL == -1, what="expiry")
         (r,) = list(s.lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=g.ID)]), timeout=10))
@@ -389,11 +389,11 @@ def test_keepalive_and_timetolive_through_follower(three: Cluster):
 def test_etcdctl_keep_alive_through_follower(three: Cluster):
     _, followers = leader_and_followers(three)
     ep = followers[-1]
-    lid = lease_id(etcdctl(ep, "lease", "grant", "2").stdout)
+    lid = lease_id(etcdctl(ep, "lease", "grant", "3").stdout)
     etcdctl(ep, "put", "--lease", lid, "fk/a", "1")
     ka = ReadLines(etcdctl_bg(ep, "lease", "keep-alive", lid))
     try:
-        wait_for(lambda: sum("keepalived with TTL(2)" in l for l in ka.lines) >= 8, 60, "keep-alives")
+        wait_for(lambda: sum("keepalived with TTL(3)" in l for l in ka.lines) >= 10, 60, "keep-alives")
         assert "fk/a" in etcdctl(ep, "get", "fk/a").stdout
         out = etcdctl(ep, "lease", "timetolive", "--keys", lid).stdout
         assert "attached keys([fk/a])" in out, out
