@@ -10,7 +10,7 @@ gRPC code and message, and at the end the histories must agree: a full range
 at every revision, HashKV (bit for bit, same CRC-32C layout as etcd) and a
 watch replay with prev_kv.
 
-MVCC_DIFF_EXAMPLES (default 40) and MVCC_DIFF_RANDOM=1 (fresh random examples
+MVCC_DIFF_EXAMPLES (default 100) and MVCC_DIFF_RANDOM=1 (fresh random examples
 instead of the derandomized set) tune the depth.
 """
 from __future__ import annotations
@@ -245,8 +245,8 @@ def check_history(e: Etcd, s: MvccStore, lo: int) -> None:
 # -- generated operations ----------------------------------------------------------------
 
 L = b"L" * 500  # long keys (stored through the hashed encoding) sharing a prefix
-KEYS = [b"a", b"ab", b"abc", b"b", b"b\x00", b"c", b"\xff", L, L + b"1", L + b"2"]
-ENDS = [b"", b"\x00", b"ab", b"abd", b"b\x00", b"c", b"\xff\xff", L + b"2"]
+KEYS = [b"a", b"ab", b"abc", b"b", b"b\x00", b"c", b"\xff", L[:480], L[:480] + b"\x00", L, L + b"1", L + b"2"]
+ENDS = [b"", b"\x00", b"ab", b"abd", b"b\x00", b"c", b"\xff\xff", L + b"1", L + b"2"]
 VALUES = [b"", b"x", b"y", b"zz"]
 LEASES = [0, 0x11, 0x12, 0x13]
 
@@ -342,7 +342,7 @@ def build(op, cur, comp):
     raise AssertionError(kind)
 
 
-EXAMPLES = int(os.environ.get("MVCC_DIFF_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MVCC_DIFF_EXAMPLES", "100"))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
