@@ -84,6 +84,11 @@ class InProcServer:
     async def read_barrier(self, timeout: float = 7.0) -> None:
         await asyncio.sleep(0)
 
+    learner = False
+
+    def is_learner(self) -> bool:
+        return self.learner
+
     def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(
             cluster_id=self.cluster_id,
@@ -367,5 +372,33 @@ def test_forwarded_keepalive_dialect():
         assert (third.ID, third.TTL) == (2, -1)
         await call.done_writing()
         assert await call.read() is grpc.aio.EOF
+
+    run(t)
+
+
+def test_learner_refuses_lease_lock_election():
+    from kvstore.pb import v3election_pb2, v3election_pb2_grpc, v3lock_pb2, v3lock_pb2_grpc
+
+    async def t(s: InProcServer, ch):
+        s.learner = True
+        lease = rpc_pb2_grpc.LeaseStub(ch)
+        calls = [
+            lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=10)),
+            lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=1)),
+            lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=1)),
+            lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest()),
+            v3lock_pb2_grpc.LockStub(ch).Lock(v3lock_pb2.LockRequest(name=b"l", lease=1)),
+            v3election_pb2_grpc.ElectionStub(ch).Leader(v3election_pb2.LeaderRequest(name=b"e")),
+        ]
+        for c in calls:
+            e = await rpc_error(c)
+            assert (e.code(), e.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
+        ka = lease.LeaseKeepAlive()
+        await ka.write(rpc_pb2.LeaseKeepAliveRequest(ID=1))
+        e = await rpc_error(ka.read())
+        assert e.details() == "etcdserver: rpc not supported for learner"
+        obs = v3election_pb2_grpc.ElectionStub(ch).Observe(v3election_pb2.LeaderRequest(name=b"e"))
+        e = await rpc_error(obs.read())
+        assert e.details() == "etcdserver: rpc not supported for learner"
 
     run(t)

@@ -31,6 +31,7 @@ import grpc
 
 from ..errors import EtcdError
 from ..pb import kv_pb2, rpc_pb2, v3election_pb2, v3election_pb2_grpc
+from .lease import check_not_learner
 from .lock import (
     RECHECK_INTERVAL,
     SESSION_EXPIRED,
@@ -153,6 +154,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         self, request: v3election_pb2.LeaderRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[v3election_pb2.LeaderResponse]:
         try:
+            check_not_learner(self.s)
             async for resp in self._observe(request.name + b"/"):
                 yield resp
         except EtcdError as e:

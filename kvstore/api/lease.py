@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvstore.api.lease")
 
 
+# etcd's gRPC interceptor refuses every Lease/Lock/Election call on a learner.
+NOT_SUPPORTED_FOR_LEARNER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
+
+
+def check_not_learner(server: "KvServer") -> None:
+    if server.is_learner():
+        raise NOT_SUPPORTED_FOR_LEARNER
+
+
 def _forwarded(context: grpc.aio.ServicerContext) -> bool:
     return any(k == FORWARD_HEADER for k, _ in (context.invocation_metadata() or ()))
 
@@ -53,12 +62,14 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseGrant(
         self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseGrantResponse:
+        check_not_learner(self.s)
         return await grant(self.s, request.TTL, request.ID)
 
     @unary
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
+        check_not_learner(self.s)
         if request.ID == 0:
             raise errors.LEASE_NOT_FOUND
         res = await self.s.propose(
@@ -71,6 +82,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        if self.s.is_learner():
+            await context.abort(NOT_SUPPORTED_FOR_LEARNER.code, NOT_SUPPORTED_FOR_LEARNER.message)
         if _forwarded(context):
             async for resp in self._forwarded_keepalive(request_iterator):
                 yield resp
@@ -138,6 +151,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        check_not_learner(self.s)
         try:
             resp = await self.router.time_to_live(request.ID, request.keys, _forwarded(context))
         except EtcdError as e:
@@ -152,6 +166,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseLeases(
         self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseLeasesResponse:
+        check_not_learner(self.s)
         return rpc_pb2.LeaseLeasesResponse(
             header=self.s.header(),
             leases=[rpc_pb2.LeaseStatus(ID=lid) for lid in self.s.lessor.lease_ids()],

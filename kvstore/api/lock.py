@@ -42,6 +42,7 @@ from .. import errors
 from ..errors import EtcdError
 from ..lease import SESSION_TTL
 from ..pb import internal_pb2, kv_pb2, rpc_pb2, v3lock_pb2, v3lock_pb2_grpc
+from .lease import check_not_learner
 
 if TYPE_CHECKING:
     from ..server import KvServer
@@ -71,6 +72,7 @@ def recipe(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            check_not_learner(self.s)
             return await fn(self, request, context)
         except EtcdError as e:
             await context.abort(*recipe_error(e))
