@@ -86,6 +86,9 @@ class InProcServer:
 
     learner = False
 
+    def has_leader(self) -> bool:
+        return self.node.leader != 0
+
     def is_learner(self) -> bool:
         return self.learner
 
@@ -400,5 +403,21 @@ def test_learner_refuses_lease_lock_election():
         obs = v3election_pb2_grpc.ElectionStub(ch).Observe(v3election_pb2.LeaderRequest(name=b"e"))
         e = await rpc_error(obs.read())
         assert e.details() == "etcdserver: rpc not supported for learner"
+
+    run(t)
+
+
+def test_keepalive_require_leader():
+    async def t(s: InProcServer, ch):
+        lease = rpc_pb2_grpc.LeaseStub(ch)
+        await lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=10, ID=3))
+        ok = lease.LeaseKeepAlive(metadata=(("hasleader", "true"),))
+        await ok.write(rpc_pb2.LeaseKeepAliveRequest(ID=3))
+        assert (await ok.read()).TTL == 10
+        ok.cancel()
+        s.node.leader = 0
+        call = lease.LeaseKeepAlive(metadata=(("hasleader", "true"),))
+        e = await rpc_error(call.read())
+        assert (e.code(), e.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
 
     run(t)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvstore.api.lease")
 
 
+REQUIRE_LEADER_KEY = "hasleader"  # rpctypes.MetadataRequireLeaderKey
+
 # etcd's gRPC interceptor refuses every Lease/Lock/Election call on a learner.
 NOT_SUPPORTED_FOR_LEARNER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
 
@@ -84,6 +86,11 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         if self.s.is_learner():
             await context.abort(NOT_SUPPORTED_FOR_LEARNER.code, NOT_SUPPORTED_FOR_LEARNER.message)
+        metadata = context.invocation_metadata() or ()
+        if any(k == REQUIRE_LEADER_KEY and v == "true" for k, v in metadata) and not self.s.has_leader():
+            # clientv3 opens keep-alive streams WithRequireLeader: refuse at
+            # once, as etcd's interceptor does, so the client tries elsewhere.
+            await context.abort(errors.NO_LEADER.code, errors.NO_LEADER.message)
         if _forwarded(context):
             async for resp in self._forwarded_keepalive(request_iterator):
                 yield resp
