@@ -45,7 +45,7 @@ def unavailable(system: str) -> str | None:
 
 def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis: str = "all",
         clients: int = 6, seed: int | None = None, keep: bool = False, check_timeout: float = 300,
-        log: Callable[[str], None] = print) -> RunResult:
+        stale_reads: bool = False, log: Callable[[str], None] = print) -> RunResult:
     """Run one test and return its result (the cluster is always torn down)."""
     from tests.faults import workload as wl
     from tests.faults.nemesis import Nemesis, parse_nemeses
@@ -55,7 +55,7 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
     faults = parse_nemeses(nemesis)
     rng = random.Random(seed)
     log(f"fault run: system={system} nodes={nodes} time={duration}s nemesis={','.join(faults) or 'none'} "
-        f"clients={clients} seed={seed}")
+        f"clients={clients} seed={seed}{' STALE READS' if stale_reads else ''}")
     cluster = Cluster(system, nodes, log=lambda m: None)
     result = RunResult(False, cluster.run_dir)
     try:
@@ -66,7 +66,7 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
             return [(n.name, n.endpoint) for n in cluster.nodes if n.member]
 
         start_rev = wl.current_revision(cluster.nodes[0].endpoint) + 1
-        load = wl.Workload(endpoints, wl.WorkloadConfig(clients=clients, seed=seed))
+        load = wl.Workload(endpoints, wl.WorkloadConfig(clients=clients, seed=seed, serializable_reads=stale_reads))
         watchers = [wl.Watcher(i, endpoints, start_rev) for i in range(2)]
         nem = Nemesis(cluster, faults, rng, log=log)
         t0 = time.monotonic()
@@ -122,7 +122,9 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
             f"{sum('acknowledged write lost' in p for p in result.problems)}; "
             f"problems: {len(result.problems)}",
         ]
-        result.problems and lines.extend("    - " + p for p in result.problems)
+        lines.extend("    - " + p for p in result.problems[:15])
+        if len(result.problems) > 15:
+            lines.append(f"    ... {len(result.problems) - 15} more in result.json")
         result.ok = not result.problems
         lines.append(f"RESULT: {'PASS' if result.ok else 'FAIL'} ({system}, {nodes} nodes, seed {seed})")
         result.summary = "\n".join(lines)
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep the run dir even if it passes")
     p.add_argument("--check-timeout", type=float, default=300, help="linearizability search budget (s)")
+    p.add_argument("--stale-reads", action="store_true",
+                   help="use serializable reads: a deliberately wrong client, to see the checks fail")
     args = p.parse_args(argv)
     reason = unavailable(args.system)
     if reason:
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs):
         seed = args.seed + i if args.seed is not None else None
         res = run(args.system, args.time, args.nodes, args.nemesis, args.clients, seed,
-                  args.keep, args.check_timeout)
+                  args.keep, args.check_timeout, args.stale_reads)
         failed += not res.ok
     if args.runs > 1:
         print(f"{args.runs - failed} passed, {failed} failed")

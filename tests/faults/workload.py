@@ -125,6 +125,8 @@ class WorkloadConfig:
     weights: dict[str, int] = field(default_factory=lambda: {
         "get": 40, "put": 20, "cas": 20, "delete": 5, "txn": 15})
     seed: int = 0
+    # Serializable (possibly stale) reads: wrong on purpose, to show the checks catch it.
+    serializable_reads: bool = False
 
 
 class Workload:
@@ -219,7 +221,8 @@ class Workload:
         rec = Record(process, thread, node, kind, inp, invoke=time.monotonic())
         try:
             if kind == "get":
-                r = kv.Range(rpc_pb2.RangeRequest(key=key_bytes(key)), timeout=cfg.timeout)
+                r = kv.Range(rpc_pb2.RangeRequest(key=key_bytes(key), serializable=cfg.serializable_reads),
+                             timeout=cfg.timeout)
                 rec.output = r.kvs[0].value.decode() if r.kvs else None
                 rec.mod_revision = r.kvs[0].mod_revision if r.kvs else None
                 known[key] = rec.output
