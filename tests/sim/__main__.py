@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{done} seeds in {dt:.1f}s ({done / dt:.1f} seeds/s, {a.jobs} jobs)")
     print("scenario mix: " + ", ".join(f"{k}={mix[k]}" for k in ORDER if mix[k]))
     keys = (
-        "ticks", "elections", "committed", "acked", "reads", "crashes", "partitions", "lost_writes",
-        "snap_msgs", "transfers", "conf_changes", "msgs", "delivered", "readies",
+        "ticks", "elections", "committed", "acked", "reads", "crashes", "power_failures", "partitions",
+        "lost_writes", "snap_msgs", "transfers", "conf_changes", "members_added", "members_removed",
+        "msgs", "delivered", "readies",
     )
     print("totals: " + ", ".join(f"{k}={totals[k]}" for k in keys))
     if failures:

@@ -116,6 +116,9 @@ class Sim:
             "conf_changes": 0,
             "readies": 0,
             "lost_writes": 0,
+            "power_failures": 0,
+            "members_added": 0,
+            "members_removed": 0,
         }
 
     # ---------------------------------------------------------------- tracing
@@ -432,6 +435,11 @@ class Sim:
             self.blocked.clear()
         if rng.random() < sc.partition_rate:
             self.partition()
+        if rng.random() < sc.power_failure:
+            self.trace("power failure: every node crashes")
+            self.stats["power_failures"] += 1
+            for node in self.live():
+                self.crash(node)
         if rng.random() < sc.crash_rate:
             down = sum(1 for n in self.nodes.values() if n.raft is None and not n.destroyed)
             live = self.live()
@@ -684,6 +692,7 @@ class Membership:
                 self._propose(lead, ConfChange(ConfChangeType.ADD_LEARNER, x))
         elif self.phase == "promote":
             if x in cs.voters:
+                sim.stats["members_added"] += 1
                 self._finish()
             elif x not in members:
                 self._finish()
@@ -691,6 +700,7 @@ class Membership:
                 self._propose(lead, ConfChange(ConfChangeType.ADD_NODE, x))
         elif self.phase == "remove":
             if x not in members:
+                sim.stats["members_removed"] += 1
                 self.to_destroy.setdefault(x, tick + 60)
                 self._finish()
             elif tick - self.last_try > self.RETRY:

@@ -27,6 +27,7 @@ class Scenario:
     # -- nodes ---------------------------------------------------------------
     crash_rate: float = 0.0  # per tick for the cluster
     max_down: int = 1  # nodes down at once (chaos phase)
+    power_failure: float = 0.0  # per tick: every node crashes at once
     restart_after: tuple[int, int] = (3, 50)  # ticks
     async_ready: float = 0.3  # incarnations that step messages while a Ready is persisted
     ready_delay: tuple[int, int] = (0, 3)  # units from "has ready" to ready()
@@ -67,6 +68,7 @@ SCENARIOS: dict[str, Scenario] = {
             name="crash",
             drop=0.02,
             crash_rate=0.03,
+            power_failure=0.004,
             max_down=2,
             snapshot_count=25,
             checkpoint_rate=0.2,
@@ -113,6 +115,7 @@ SCENARIOS: dict[str, Scenario] = {
             partition_rate=0.025,
             heal_rate=0.06,
             crash_rate=0.02,
+            power_failure=0.002,
             max_down=2,
             snapshot_count=15,
             transfer_rate=0.02,
