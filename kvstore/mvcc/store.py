@@ -549,7 +549,8 @@ class WriteBatch(_View):
         kv.lease = lease
         raw = kv.SerializeToString()
         rk = K.rev_key(main, r.sub)
-        txn.put(rk, raw, db=s._hist, append=True)
+        if not txn.put(rk, raw, db=s._hist, append=True):
+            raise RuntimeError(f"revision {main} is not after the stored history")
         txn.put(enc, raw, db=s._kv)
         txn.put(enc, rk + K.FLAG_PUT, db=s._revs)
         if old_lease != lease:
@@ -567,7 +568,8 @@ class WriteBatch(_View):
         txn = self._txn
         main = r.main
         rk = K.rev_key(main, r.sub) + K.FLAG_TOMB
-        txn.put(rk, K.tombstone_value(key), db=s._hist, append=True)
+        if not txn.put(rk, K.tombstone_value(key), db=s._hist, append=True):
+            raise RuntimeError(f"revision {main} is not after the stored history")
         txn.delete(enc, db=s._kv)
         txn.put(enc, rk, db=s._revs)
         if old_lease:
