@@ -30,7 +30,22 @@ a bytes object or a tuple of byte strings to be joined at send time (the
 shared events part is one object referenced by every queue). Progress
 responses (``WatchProgressRequest``) are sent only once every watcher of the
 stream is synced, so all events ≤ the reported revision were queued before
-it (etcd #15220).
+it (etcd #15220); requests made meanwhile share that one answer, as in
+etcd's fix.
+
+Checked against etcd 3.4.23 (tests/test_watch_service.py runs the same
+scenario on both): auto ids per stream from 0 skipping ids in use; watch_id 0
+means "auto"; refusals are created+canceled responses with watch_id -1 and
+etcd's mvcc reason; a cancel of an unknown id gets no answer; filters that
+drop every event of a revision send nothing; prev_kv is absent on creations;
+a negative start_revision is canceled with the compaction point (-1 if none);
+fragments split with etcd's rule at max-request-bytes + 512 KiB.
+Deliberate differences: a compaction cancel carries the header revision and
+the reason "etcdserver: mvcc: required revision has been compacted" (etcd
+3.4: revision 0, empty reason; clients read compact_revision); a watch from
+exactly the compacted revision is canceled, because the store drops a
+tombstone at that revision (etcd #18089) and refuses that replay; catch-up
+responses are also cut at ~1 MiB (``chunk_bytes``) at a revision boundary.
 """
 from __future__ import annotations
 
@@ -38,7 +53,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from typing import Callable, Iterable, Protocol, Sequence, Union
+from typing import Callable, Protocol, Sequence, Union
 
 from . import errors
 from .errors import EtcdError
