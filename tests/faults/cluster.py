@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.request
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -584,7 +584,7 @@ class Cluster:
         while True:
             statuses = [(n, self.status(n)) for n in self.nodes if n.member]
             best = None
-            for n, st in statuses:
+            for _, st in statuses:
                 if st and st["leader"] and (best is None or st["raft_term"] > best["raft_term"]):
                     best = st
             if best is not None:

@@ -375,7 +375,7 @@ def check_partition(keys: Sequence[str], ops: Sequence[Op],
 
     # Entries 1..2m of completed ops: (time, 0=call/1=return, op); 0 is the head.
     raw = [(op.invoke, 0, i) for i, op in enumerate(fin)]
-    raw += [(op.complete, 1, i) for i, op in enumerate(fin)]
+    raw += [(float(op.complete), 1, i) for i, op in enumerate(fin)]  # type: ignore[arg-type]
     raw.sort(key=lambda e: (e[0], e[1]))
     size = len(raw) + 1
     is_call = [False] * size

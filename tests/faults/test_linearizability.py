@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings, strategies as st
 
 from tests.faults.linearizability import (
-    Cas, Delete, Get, Op, Put, Txn, check, partition,
+    Cas, Delete, Get, Input, Op, Put, Txn, check, partition,
 )
 
 U = None  # unknown completion
@@ -229,6 +229,8 @@ def simulate(steps: list[tuple]) -> list[Op]:
     values = itertools.count(1)
     for i, (kind, key, key2, expect_current, early, late, outcome) in enumerate(steps):
         point = float(i)
+        inp: Input
+        out: object
         if kind == "get":
             inp, out = Get(key), state.get(key)
             outcome = "ok"
@@ -253,7 +255,7 @@ def simulate(steps: list[tuple]) -> list[Op]:
             elif isinstance(inp, Delete):
                 state.pop(key, None)
             elif isinstance(inp, Txn):
-                state[key] = inp.success[1].value
+                state[key] = inp.success[1].value  # type: ignore[union-attr]
         complete = point + late if outcome == "ok" else None
         if outcome == "lost" and kind == "cas":
             complete = None
@@ -289,6 +291,7 @@ def test_impossible_read_is_rejected(steps: list[tuple], data: st.DataObject) ->
             r = Op(7, end, end + 1, Get(key), None)
             history.append(r)
             i = len(history) - 1
+        assert r.complete is not None and isinstance(r.input, Get)
         w = Op(8, r.complete + 100, r.complete + 101, Put(r.input.key, "from the future"))
         history[i] = Op(r.client, r.invoke, r.complete, r.input, "from the future")
         history.append(w)
