@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -64,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="request count for every Go-tool workload (default: per workload)",
     )
     p.add_argument(
+        "--go-target",
+        type=float,
+        default=4.0,
+        help="size each Go-tool run to about this many seconds after a short sizing run; "
+        "0 = always the default counts (default 4)",
+    )
+    p.add_argument(
         "--scale",
         type=float,
         default=1.0,
@@ -95,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--chart", metavar="FILE.png", help="write a PNG chart (needs matplotlib)")
+    p.add_argument(
+        "--report",
+        metavar="FILE.json",
+        help="run nothing: print the table (and --chart) of a saved --json file",
+    )
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument(
         "--kvstore-cmd",
@@ -177,6 +190,7 @@ def machine_meta(args: argparse.Namespace, gobin: Path | None) -> dict[str, Any]
         "go_benchmark": str(gobin) if gobin else None,
         "nodes": args.nodes,
         "duration_s": args.duration,
+        "go_target_s": args.go_target,
         "repeat": args.repeat,
         "commit": commit,
     }
@@ -243,6 +257,43 @@ def run_go(w: Workload, cluster: Cluster, binary: Path, total: int, timeout: flo
         res.server_cpu_us_per_op = (cpu1 - cpu0) / res.ops * 1e6
     if s.errors:
         res.extra["error_kinds"] = s.errors
+    return res
+
+
+def go_total_for(w: Workload, ops_per_s: float, target_s: float, default: int) -> int:
+    """Request count for a Go-tool run of about ``target_s`` seconds at ``ops_per_s``,
+    between the workload's minimum and ``default``."""
+    est = int(ops_per_s / w.go_events_per_request * target_s)
+    return max(min(w.go_min_total, default), min(default, est))
+
+
+def run_go_sized(w: Workload, c: Cluster, args: argparse.Namespace, gobin: Path) -> Result:
+    """A Go-tool run whose request count fits the system's speed.
+
+    The tool only knows request counts, so a fixed count that takes 3 s on etcd could take
+    minutes on a slower system. Unless --total is given, a short sizing run (1/20 of the
+    count, also a warm-up) measures the rate first, and the measured run gets about
+    --go-target seconds of requests (never more than the workload's default count).
+    """
+    default = max(1, int(w.go_total * args.scale))
+    if args.total:
+        log(f"{w.name} on {c.system}: Go tool, {args.total} requests")
+        return run_go(w, c, gobin, args.total, args.timeout)
+    sizing_rate = None
+    total = default
+    if args.go_target > 0:
+        probe_total = max(min(w.go_min_total, default), default // 20)
+        probe = run_go(w, c, gobin, probe_total, args.timeout)
+        if probe.status != "ok" or not probe.ops_per_s:
+            probe.note = "sizing run: " + probe.note
+            return probe
+        sizing_rate = probe.ops_per_s
+        total = go_total_for(w, sizing_rate, args.go_target, default)
+    log(f"{w.name} on {c.system}: Go tool, {total} requests")
+    res = run_go(w, c, gobin, total, args.timeout)
+    res.extra["total"] = total
+    if sizing_rate is not None:
+        res.extra["sizing_ops_per_s"] = sizing_rate
     return res
 
 
@@ -326,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{star} {w.name:20s} [{tools}] {w.description}")
         print("(* = in the default set)")
         return 0
+    if args.report:
+        doc = json.loads(Path(args.report).read_text())
+        results = [Result(**r) for r in doc["results"]]
+        meta = doc["meta"]
+        args.json = None if args.json == args.report else args.json
+        return output(results, meta, list(meta.get("failed_to_start", {})), args)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     bad = [s for s in systems if s not in SYSTEMS]
     if bad or not systems:
@@ -397,11 +454,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stopping {s}")
             c.stop()
 
+    meta["failed_to_start"] = failed_start
     pending = [s for s in systems if s in failed_start]
+    return output(results, meta, pending, args)
+
+
+def output(
+    results: list[Result], meta: dict[str, Any], pending: list[str], args: argparse.Namespace
+) -> int:
+    """Print the table; write the JSON and the chart if asked."""
     print()
     print(f"{meta['nodes']}-node clusters, {meta['cores']} cores, {meta['date']}, {meta['etcd']}")
     print(format_table(results, pending=pending, markdown=args.markdown))
-    for s, err in failed_start.items():
+    for s, err in meta.get("failed_to_start", {}).items():
         lines = err.strip().splitlines()
         print(
             f"\n{s} did not start (its rows are pending): "
@@ -468,10 +533,8 @@ def run_one(w: Workload, c: Cluster, args: argparse.Namespace, gobin: Path | Non
             unit=w.unit,
         )
     if use_go:
-        total = args.total if args.total else max(1, int(w.go_total * args.scale))
-        log(f"{w.name} on {c.system}: Go tool, {total} requests")
         assert gobin is not None
-        return run_go(w, c, gobin, total, args.timeout)
+        return run_go_sized(w, c, args, gobin)
     if w.py:
         log(f"{w.name} on {c.system}: Python generator, {args.duration:g}s")
         return run_py(w, c, args)

@@ -5,8 +5,8 @@ The fallback for workloads etcd's Go tool runs, and the generator for those it l
 
 Worker protocol (``python -m bench.pyload '<json spec>'``): the worker connects, sets
 up, prints ``READY``; then reads commands on stdin: ``GO`` starts the load, ``MARK``
-starts the measured window, ``STOP`` ends it. It then prints one JSON line: operations
-and errors in the window, window length, its own CPU seconds (getrusage) in the window,
+starts the measured window, ``STOP`` (or EOF) ends it. It then writes a JSON document to
+the spec's ``result_path``: operations and errors in the window, window length, its own CPU seconds (getrusage) in the window,
 and latency samples in microseconds. Values written carry the writer's CLOCK_MONOTONIC
 time (ns) in their first 8 bytes, so watchers in other processes measure put-to-event
 latency.
@@ -20,9 +20,11 @@ import asyncio
 import json
 import random
 import resource
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,8 +452,9 @@ def worker_main(spec_json: str) -> None:
     except ImportError:
         pass
     result = asyncio.run(Worker(spec).run())
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    # The result goes to a file: after uvloop, a large write to the stdout pipe can be cut
+    # short (the pipe is left non-blocking), losing data.
+    Path(spec["result_path"]).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- coordinator
@@ -525,30 +528,37 @@ def run_groups(
 
     ``on_mark``/``on_stop`` are called as the measured window opens and closes.
     """
-    procs: list[tuple[Group, subprocess.Popen[str]]] = []
+    procs: list[tuple[Group, subprocess.Popen[str], Path, Path]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pyload-"))
     try:
         for g in groups:
             for spec in g.specs(endpoints, pb):
-                p = subprocess.Popen(
-                    [python, "-m", "bench.pyload", json.dumps(spec)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    cwd=str(REPO_ROOT),
-                )
-                procs.append((g, p))
+                n = len(procs)
+                result_path, err_path = tmp / f"w{n}.json", tmp / f"w{n}.err"
+                spec["result_path"] = str(result_path)
+                with open(err_path, "w") as err_file:
+                    p = subprocess.Popen(
+                        [python, "-m", "bench.pyload", json.dumps(spec)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=err_file,
+                        text=True,
+                        cwd=str(REPO_ROOT),
+                    )
+                procs.append((g, p, result_path, err_path))
         deadline = time.monotonic() + ready_timeout
-        for g, p in procs:
-            assert p.stdout is not None
+        for g, p, _, err_path in procs:
             line = _readline(p, deadline)
             if line.strip() != "READY":
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
                 raise PyLoadError(
-                    f"pyload {g.mode} worker not ready: {line.strip()!r}\n{_stderr(p)}"
+                    f"pyload {g.mode} worker not ready: {line.strip()!r}\n{_tail(err_path)}"
                 )
 
         def send(cmd: str) -> None:
-            for _, p in procs:
+            for _, p, _, _ in procs:
                 assert p.stdin is not None
                 try:
                     p.stdin.write(cmd + "\n")
@@ -556,7 +566,7 @@ def run_groups(
                 except BrokenPipeError:
                     pass
 
-        # Watchers first, so they are receiving before any load starts.
+        # Every worker finished its setup (connections, watchers) before READY.
         send("GO")
         time.sleep(warmup)
         if on_mark:
@@ -567,24 +577,40 @@ def run_groups(
         if on_stop:
             on_stop()
         raw: dict[str, list[dict[str, Any]]] = {}
-        for g, p in procs:
+        for g, p, result_path, err_path in procs:
+            assert p.stdin is not None
+            p.stdin.close()
             try:
-                out, err = p.communicate(timeout=60)
+                p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-                out, err = p.communicate()
-            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-            if p.returncode != 0 or not lines:
+                p.wait()
+            if p.returncode != 0 or not result_path.exists():
                 raise PyLoadError(
-                    f"pyload {g.mode} worker failed (rc={p.returncode}):\n{err[-2000:]}"
+                    f"pyload {g.mode} worker failed (rc={p.returncode}):\n{_tail(err_path)}"
                 )
-            raw.setdefault(g.mode, []).append(json.loads(lines[-1]))
+            raw.setdefault(g.mode, []).append(json.loads(result_path.read_text()))
         return {mode: merge(rs) for mode, rs in raw.items()}
     finally:
-        for _, p in procs:
+        for _, p, _, _ in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+            if p.stdin is not None and not p.stdin.closed:
+                try:
+                    p.stdin.close()
+                except BrokenPipeError:
+                    pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 def _readline(p: subprocess.Popen[str], deadline: float) -> str:
@@ -598,16 +624,6 @@ def _readline(p: subprocess.Popen[str], deadline: float) -> str:
         if p.poll() is not None:
             return p.stdout.readline()
     return ""
-
-
-def _stderr(p: subprocess.Popen[str]) -> str:
-    if p.poll() is None:
-        p.kill()
-    try:
-        _, err = p.communicate(timeout=5)
-    except Exception:  # noqa: BLE001
-        return ""
-    return (err or "")[-2000:]
 
 
 def merge(results: list[dict[str, Any]]) -> PyResult:

@@ -15,7 +15,10 @@ class Workload:
     """One workload.
 
     ``go`` is the Go tool's argument list with ``{total}`` where the request count goes
-    (global flags such as --clients first), ``go_total`` its default count and
+    (global flags such as --clients first), ``go_total`` its default (and largest) count,
+    ``go_min_total`` the smallest count adaptive sizing may pick (about 10 per client),
+    ``go_events_per_request`` how many ops one counted request yields (watch: one put
+    gives an event to each of 1,000 watchers), and
     ``go_summary`` the title of the summary block to read ("" = the last one).
     ``py`` are the Python generator's groups (the measured ones give ops/s and latency).
     ``go_latency`` False: the Go tool's latency figures here are not request latencies.
@@ -25,6 +28,8 @@ class Workload:
     description: str
     go: tuple[str, ...] | None = None
     go_total: int = 0
+    go_min_total: int = 100
+    go_events_per_request: int = 1
     go_summary: str = ""
     py: tuple[Group, ...] = field(default_factory=tuple)
     go_latency: bool = True
@@ -57,6 +62,7 @@ def _put(clients: int, conns: int, total: int) -> Workload:
             str(VAL_SIZE),
         ),
         go_total=total,
+        go_min_total=max(200, clients * 10),
         py=(
             Group(
                 "put",
@@ -89,6 +95,7 @@ def _range(consistency: str, total: int) -> Workload:
             "{total}",
         ),
         go_total=total,
+        go_min_total=640,
         py=(
             Group(
                 "range",
@@ -145,6 +152,7 @@ WORKLOADS: dict[str, Workload] = {
                 str(VAL_SIZE),
             ),
             go_total=15000,
+            go_min_total=640,
         ),
         Workload(
             name="watch-fanout-1000",
@@ -167,6 +175,8 @@ WORKLOADS: dict[str, Workload] = {
                 "100000",
             ),
             go_total=500,
+            go_min_total=20,
+            go_events_per_request=1000,
             go_summary="Watch events received summary",
             py=(
                 Group(
@@ -228,6 +238,7 @@ WORKLOADS: dict[str, Workload] = {
                 "{total}",
             ),
             go_total=20000,
+            go_min_total=320,
             py=(Group("lease-keepalive", procs=2, clients=16, conns=4),),
         ),
         Workload(

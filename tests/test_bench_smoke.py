@@ -164,3 +164,14 @@ def test_median_of_repeats() -> None:
     m = median_result(runs)
     assert m.ops_per_s == 200.0 and m.p50_ms == 2.0
     assert m.extra["runs_ops_per_s"] == [300.0, 100.0, 200.0]
+
+
+def test_go_run_sizing() -> None:
+    from bench.cli import go_total_for
+
+    put = WORKLOADS["put-64"]  # default 15000, minimum 640
+    assert go_total_for(put, 10_000.0, 4.0, 15000) == 15000  # fast: capped at the default
+    assert go_total_for(put, 500.0, 4.0, 15000) == 2000
+    assert go_total_for(put, 10.0, 4.0, 15000) == 640  # slow: the minimum
+    watch = WORKLOADS["watch-fanout-1000"]  # 1,000 events per put
+    assert go_total_for(watch, 50_000.0, 4.0, 500) == 200
