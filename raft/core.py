@@ -279,10 +279,24 @@ class Raft:
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
+            self._self_ack()
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
         elif rd.snapshot is not None:
             self.log.applied_to(rd.snapshot.meta.index)
+
+    def _stable_index(self) -> int:
+        """Last index known to be on this node's disk."""
+        return min(self.log.last_index(), self.log.unstable_offset - 1)
+
+    def _self_ack(self) -> None:
+        """The leader's own vote for its durable entries."""
+        if self.role != Role.LEADER:
+            return
+        pr = self.prs.get(self.id)
+        if pr is not None and pr.maybe_update(self._stable_index()) and self._maybe_commit():
+            self._release_reads_waiting_commit()
+            self._bcast_append()
 
     # --------------------------------------------------------------- role changes
     def _reset_randomized_timeout(self) -> None:
@@ -304,7 +318,7 @@ class Raft:
             learner = pr.is_learner
             npr = self.prs[nid] = Progress(last + 1, self.cfg.max_inflight_msgs, learner)
             if nid == self.id:
-                npr.match = last
+                npr.match = self._stable_index()
         self.pending_conf_index = 0
         self._reads.clear()
         self._read_queue.clear()
@@ -589,10 +603,9 @@ class Raft:
             e.term = term
             e.index = li + i
         self.log.append(ents)
-        # The leader counts its own (soon persisted) entries; nothing depending
-        # on them leaves the node before the driver persists this Ready.
-        self.prs[self.id].maybe_update(self.log.last_index())
-        self._maybe_commit()
+        # The leader counts its own entries only once they are durable
+        # (advance): its appends may leave before its own fsync (thesis
+        # §10.2.1), so the commit index must never rest on an unsynced copy.
 
     def _maybe_commit(self) -> bool:
         matches = sorted((p.match for p in self.prs.values() if not p.is_learner), reverse=True)

@@ -219,6 +219,11 @@ class LmdbStorage:
     read back from LMDB.
     """
 
+    # Reads take ``_lock`` and writers publish under it: the driver may run
+    # save() on its storage thread while the core reads on the event loop.
+    thread_safe = True
+
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -25,6 +26,7 @@ from .types import (
     MsgType,
     ProposalDropped,
     RaftError,
+    Ready,
     Role,
     Snapshot,
     SnapshotMeta,
@@ -32,6 +34,8 @@ from .types import (
 )
 
 log = logging.getLogger("raft.node")
+
+_EARLY_TYPES = (MsgType.APP, MsgType.HEARTBEAT)
 
 
 class StateMachine(Protocol):
@@ -106,6 +110,7 @@ class RaftNode:
         self._conf_history: list[tuple[int, ConfState]] = [(first_snap.index, self.raft.conf_state())]
         self._snapshot_index = first_snap.index
         self._wake = asyncio.Event()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{config.id:x}-log")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self.applied = self.raft.log.applied
@@ -128,6 +133,7 @@ class RaftNode:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        self._io.shutdown(wait=True)
         err = ProposalDropped("node stopped")
         for futs in self._reads_in_flight.values():
             for f in futs:
@@ -258,12 +264,41 @@ class RaftNode:
             self._wake.clear()
             self._flush_inputs()
             while self.raft.has_ready():
-                self._handle_ready()
+                await self._handle_ready()
                 self._flush_inputs()
                 # Let gRPC handlers and the transport feed the next batch.
                 await asyncio.sleep(0)
 
-    def _handle_ready(self) -> None:
+    def _split_messages(self, rd: Ready) -> tuple[list[Message], list[Message]]:
+        """A leader's appends and heartbeats may leave before its own fsync
+        (Raft thesis §10.2.1: followers write in parallel with the leader); the
+        core counts the leader's own entries only once they are durable, so
+        no commit rests on an unsynced copy. Everything else (votes,
+        acknowledgements) waits for the fsync."""
+        early: list[Message] = []
+        late: list[Message] = []
+        leader = self.raft.role == Role.LEADER
+        for m in rd.messages:
+            if m.type == MsgType.SNAP:
+                self._describe_current_state(m)
+            if leader and m.type in _EARLY_TYPES:
+                early.append(m)
+            else:
+                late.append(m)
+        return early, late
+
+    async def _persist(self, rd: Ready) -> None:
+        """Write one Ready to the log. The fsync runs on the storage thread so
+        the loop keeps accepting requests meanwhile: they form the next batch."""
+        if not (rd.entries or rd.hard_state is not None or rd.snapshot is not None):
+            return
+        if not rd.must_sync or not getattr(self.storage, "thread_safe", False):
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot, True)
+
+    async def _handle_ready(self) -> None:
         rd = self.raft.ready()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
@@ -276,12 +311,12 @@ class RaftNode:
             log.info("restored state from snapshot at index %d term %d", snap.meta.index, snap.meta.term)
             self._conf_history = [(snap.meta.index, snap.meta.conf_state)]
             self._snapshot_index = snap.meta.index
-        self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
-        if rd.messages:
-            for m in rd.messages:
-                if m.type == MsgType.SNAP:
-                    self._describe_current_state(m)
-            self.transport.send(rd.messages)
+        early, late = self._split_messages(rd)
+        if early:
+            self.transport.send(early)
+        await self._persist(rd)
+        if late:
+            self.transport.send(late)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         elif snap is not None and not snap.is_empty:

@@ -274,6 +274,9 @@ def test_old_term_entry_not_committed_by_counting_replicas() -> None:
     r.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=3))
     r.step(Message(MsgType.VOTE_RESP, to=1, frm=2, term=3))
     assert r.role == Role.LEADER and r.term == 3 and r.log.last_index() == 3
+    rd = r.ready()  # the leader's own entry counts once it is durable
+    st.save(rd.hard_state, rd.entries, rd.snapshot)
+    r.advance(rd)
     r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=3, index=2))
     r.step(Message(MsgType.APP_RESP, to=1, frm=3, term=3, index=2))
     assert r.log.committed == 1, "an old-term entry was committed by counting replicas"
