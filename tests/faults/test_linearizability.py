@@ -298,3 +298,102 @@ def test_impossible_read_is_rejected(steps: list[tuple], data: st.DataObject) ->
     res = check(history)
     assert res.status == "illegal"
     assert res.failed_op is not None
+
+
+# ----------------------------------------------------------------- brute force
+
+
+def _apply(state: dict, inp, out, known: bool):  # type: ignore[no-untyped-def]
+    """Reference semantics: new state, or None if the output is impossible."""
+    s = dict(state)
+    if isinstance(inp, Get):
+        return s if s.get(inp.key) == out else None
+    if isinstance(inp, Put):
+        s[inp.key] = inp.value
+        return s
+    if isinstance(inp, Delete):
+        if known and out is not None and out != int(s.get(inp.key) is not None):
+            return None
+        s.pop(inp.key, None)
+        return s
+    if isinstance(inp, Cas):
+        swapped = s.get(inp.key) == inp.expected
+        if known and swapped != out:
+            return None
+        if swapped:
+            s[inp.key] = inp.new
+        return s
+    ok = all(s.get(k) == v for k, v in inp.compares)
+    if known and ok != out[0]:
+        return None
+    for n, sub in enumerate(inp.success if ok else inp.failure):
+        if isinstance(sub, Get):
+            if known and out[1][n] != s.get(sub.key):
+                return None
+        elif isinstance(sub, Put):
+            s[sub.key] = sub.value
+        else:
+            s.pop(sub.key, None)
+    return s
+
+
+def brute_force(history: list[Op]) -> bool:
+    """Try every subset of unknown ops and every real-time-respecting order."""
+    fin = [o for o in history if not o.unknown]
+    unk = [o for o in history if o.unknown and not isinstance(o.input, Get)]
+
+    def search(remaining: list[Op], state: dict) -> bool:
+        if not any(not o.unknown for o in remaining):
+            return True
+        for o in remaining:
+            # o may go next only if no other remaining op completed before o was invoked
+            if any(p is not o and not p.unknown and p.complete < o.invoke for p in remaining):  # type: ignore[operator]
+                continue
+            nxt = _apply(state, o.input, o.output, not o.unknown)
+            if nxt is not None and search([p for p in remaining if p is not o], nxt):
+                return True
+        return False
+
+    for r in range(len(unk) + 1):
+        for chosen in itertools.combinations(unk, r):
+            if search(fin + list(chosen), {}):
+                return True
+    return False
+
+
+small_value = st.sampled_from([None, 1, 2, 3])
+small_key = st.sampled_from(["x", "y"])
+small_input = st.one_of(
+    st.builds(Get, small_key),
+    st.builds(Put, small_key, st.sampled_from([1, 2, 3])),
+    st.builds(Delete, small_key),
+    st.builds(Cas, small_key, small_value, st.sampled_from([1, 2, 3])),
+    st.builds(lambda a, b, v: Txn(((a, v),), (Get(b), Put(a, 3)), (Get(a),)), small_key, small_key, small_value),
+)
+
+
+def _output(inp, draw_value, draw_bool, draw_count):  # type: ignore[no-untyped-def]
+    if isinstance(inp, Get):
+        return draw_value
+    if isinstance(inp, Delete):
+        return draw_count
+    if isinstance(inp, Cas):
+        return draw_bool
+    if isinstance(inp, Txn):
+        return (draw_bool, (draw_value, None) if draw_bool else (draw_value,))
+    return None
+
+
+small_op = st.builds(
+    lambda client, start, length, unknown, inp, v, b, c: Op(
+        client, start, None if unknown else start + length, inp, _output(inp, v, b, c)),
+    st.integers(0, 3), st.integers(0, 6), st.integers(0, 4),
+    st.sampled_from([False, False, False, True]), small_input,
+    small_value, st.booleans(), st.integers(0, 1),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(small_op, max_size=7))
+def test_agrees_with_brute_force(history: list[Op]) -> None:
+    assert check(history).ok == brute_force(history)
