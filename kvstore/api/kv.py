@@ -3,32 +3,10 @@ from __future__ import annotations
 
 import grpc
 
-from .. import errors
+from ..mvcc import check_delete, check_put, check_range, check_txn, is_txn_readonly
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import KvServer
 from .common import unary
-
-
-def check_key(key: bytes) -> None:
-    if not key:
-        raise errors.EMPTY_KEY
-
-
-def check_txn(txn: rpc_pb2.TxnRequest, max_ops: int) -> None:
-    if len(txn.success) > max_ops or len(txn.failure) > max_ops:
-        raise errors.TOO_MANY_OPS
-    for c in txn.compare:
-        check_key(c.key)
-    for op in list(txn.success) + list(txn.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_range":
-            check_key(op.request_range.key)
-        elif kind == "request_put":
-            check_key(op.request_put.key)
-        elif kind == "request_delete_range":
-            check_key(op.request_delete_range.key)
-        elif kind == "request_txn":
-            check_txn(op.request_txn, max_ops)
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
@@ -37,7 +15,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     @unary
     async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
-        check_key(request.key)
+        check_range(request)
         if not request.serializable:
             await self.s.read_barrier()
         resp = self.s.store.range(request)
@@ -46,7 +24,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
-        check_key(request.key)
+        check_put(request)
         res = await self.s.propose(internal_pb2.InternalRequest(put=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
@@ -55,7 +33,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
-        check_key(request.key)
+        check_delete(request)
         res = await self.s.propose(internal_pb2.InternalRequest(delete_range=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
@@ -63,6 +41,13 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
         check_txn(request, self.s.cfg.max_txn_ops)
+        if is_txn_readonly(request):
+            # Like etcd: a read-only txn needs a read point, not a log entry.
+            if not _txn_serializable(request):
+                await self.s.read_barrier()
+            resp = self.s.store.txn(request)
+            resp.header.CopyFrom(self.s.header())
+            return resp
         res = await self.s.propose(internal_pb2.InternalRequest(txn=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
@@ -74,3 +59,14 @@ class KVService(rpc_pb2_grpc.KVServicer):
         res = await self.s.propose(internal_pb2.InternalRequest(compaction=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
+
+
+def _txn_serializable(txn: rpc_pb2.TxnRequest) -> bool:
+    """etcd: serializable only if every range in it (and nested txns) is."""
+    for op in list(txn.success) + list(txn.failure):
+        kind = op.WhichOneof("request")
+        if kind == "request_range" and not op.request_range.serializable:
+            return False
+        if kind == "request_txn" and not _txn_serializable(op.request_txn):
+            return False
+    return True
