@@ -176,11 +176,17 @@ class _View:
             raws = [v for _, v in self._walk(cur, key, end, self._rk_latest)]
             return raws, len(raws)
         raws = []
-        n = 0
-        get = txn.get
-        for k, _ in self._walk(cur, key, end, self._rk_latest, values=False):
-            if n < keep:
-                raws.append(get(k, db=kvdb))
+        if keep > 0:
+            for _, v in self._walk(cur, key, end, self._rk_latest):
+                raws.append(v)
+                if len(raws) >= keep:
+                    break
+            else:
+                return raws, len(raws)
+            key = K.kv_key(raws[-1]) + b"\x00"  # count the rest, keys only
+            cur = txn.cursor(kvdb)
+        n = len(raws)
+        for _ in self._walk(cur, key, end, self._rk_latest, values=False):
             n += 1
         return raws, n
 
