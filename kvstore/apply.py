@@ -205,6 +205,7 @@ class Applier:
         raw = self.store.get_meta(ALARMS_KEY)
         if raw:
             resp.ParseFromString(raw)
+        self.store.capped = any(a.alarm == rpc_pb2.NOSPACE for a in resp.alarms)
         return resp
 
     def _apply_alarm(self, batch, a: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
@@ -225,6 +226,7 @@ class Applier:
             alarms=[rpc_pb2.AlarmMember(memberID=m, alarm=al) for m, al in sorted(current)]
         )
         batch.put_meta(ALARMS_KEY, self.alarms.SerializeToString(deterministic=True))
+        self.store.capped = any(al == rpc_pb2.NOSPACE for _, al in current)
         return rpc_pb2.AlarmResponse(alarms=changed)
 
     # -- membership --------------------------------------------------------------

@@ -354,7 +354,10 @@ class KvServer:
             raftTerm=st.term,
             raftAppliedIndex=self.node.applied,
             isLearner=self.is_learner(),
-            errors=[rpc_pb2.AlarmType.Name(a.alarm) for a in self.applier.alarms.alarms],
+            # etcd: each alarm's protobuf compact text, e.g. "memberID:42 alarm:NOSPACE "
+            errors=[
+                f"memberID:{a.memberID} alarm:{rpc_pb2.AlarmType.Name(a.alarm)} " for a in self.applier.alarms.alarms
+            ],
         )
 
 

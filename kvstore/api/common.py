@@ -7,11 +7,42 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
+from .. import errors
 from ..errors import EtcdError
+from ..pb import internal_pb2, rpc_pb2
 
 log = logging.getLogger("kvstore.api")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+NOT_SUPPORTED_FOR_LEARNER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
+
+
+def _refused_by_learner(service: Any, request: Any) -> bool:
+    """etcd 3.4's isRPCSupportedForLearner: a learner serves Status and
+    serializable Range only; every other unary RPC is refused."""
+    server = getattr(service, "s", None)
+    if server is None or not server.is_learner():
+        return False
+    if isinstance(request, rpc_pb2.StatusRequest):
+        return False
+    if isinstance(request, rpc_pb2.RangeRequest):
+        return not request.serializable
+    return True
+
+
+async def check_quota(server: Any, req: Any) -> None:
+    """etcd's quotaAlarmer: a Put, Txn with puts or LeaseGrant that could take
+    the store past --quota-backend-bytes raises the NOSPACE alarm (through
+    Raft, for this member) and is refused."""
+    if server.store.available(req):
+        return
+    alarm = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=server.member_id, alarm=rpc_pb2.NOSPACE)
+    try:
+        await server.propose(internal_pb2.InternalRequest(alarm=alarm))
+    except EtcdError as e:
+        log.warning("raising the NOSPACE alarm failed: %s", e.message)
+    raise errors.NO_SPACE
 
 
 def unary(fn: F) -> F:
@@ -21,6 +52,8 @@ def unary(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if _refused_by_learner(self, request):
+                raise NOT_SUPPORTED_FOR_LEARNER
             return await fn(self, request, context)
         except EtcdError as e:
             await context.abort(e.code, e.message)

@@ -6,7 +6,7 @@ import grpc
 from ..mvcc import check_delete, check_put, check_range, check_txn, is_txn_readonly
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import KvServer
-from .common import unary
+from .common import check_quota, unary
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
@@ -25,6 +25,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         check_put(request)
+        await check_quota(self.s, request)
         res = await self.s.propose(internal_pb2.InternalRequest(put=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
@@ -48,6 +49,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             resp = self.s.store.txn(request)
             resp.header.CopyFrom(self.s.header())
             return resp
+        await check_quota(self.s, request)
         res = await self.s.propose(internal_pb2.InternalRequest(txn=request))
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response

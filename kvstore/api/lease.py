@@ -18,7 +18,7 @@ from .. import errors
 from ..errors import EtcdError
 from ..lease import FORWARD_HEADER, RETRY_TTL, LeaseRouter
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
-from .common import unary
+from .common import check_quota, unary
 
 if TYPE_CHECKING:
     from ..server import KvServer
@@ -65,6 +65,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseGrantResponse:
         check_not_learner(self.s)
+        await check_quota(self.s, request)
         return await grant(self.s, request.TTL, request.ID)
 
     @unary
