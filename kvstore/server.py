@@ -126,6 +126,8 @@ class KvServer:
             snapshot_source=self._snapshot_source,
             on_unreachable=lambda nid: self.node.report_unreachable(nid),
             on_snapshot_status=lambda nid, ok: self.node.report_snapshot(nid, ok),
+            is_removed=lambda nid: nid in self.applier.members.removed,
+            on_removed=self._on_removed,
             snapshot_dir=os.path.join(self.member_dir, "snap"),
         )
         rcfg = RaftConfig(
@@ -200,6 +202,11 @@ class KvServer:
                 self.transport.remove_peer(mid)
         if self.member_id in ml.removed and self.member_id not in present:
             log.warning("this member was removed from the cluster")
+            self.removed.set()
+
+    def _on_removed(self) -> None:
+        if not self.removed.is_set():
+            log.warning("a peer reports this member was removed from the cluster")
             self.removed.set()
 
     def _on_soft_state(self, ss: SoftState) -> None:
