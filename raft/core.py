@@ -583,8 +583,11 @@ class Raft:
             self._become_follower(self.term + 1, NONE)  # defensive: never as leader
             return False
         cs = meta.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False
+        # A snapshot that does not list this node is still installed: a new
+        # member's ADD comes after the leader's latest snapshot, and refusing
+        # it would leave the member unable to catch up (the leader would
+        # resend the same snapshot every heartbeat until it compacts again).
+        # The node is then not promotable until it applies its own ADD.
         if self.log.match_term(meta.index, meta.term):
             self.log.commit_to(meta.index)  # we already have it: fast-forward
             return False

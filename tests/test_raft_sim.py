@@ -632,6 +632,29 @@ def test_snapshot_install_for_lagging_follower() -> None:
     assert net.applied[3][-1].data == b"after compaction"
 
 
+def test_new_member_installs_snapshot_taken_before_it_joined() -> None:
+    # Regression (sim seeds 3/membership, 10/chaos before the fix): the leader's
+    # latest snapshot predates the new member's ADD_LEARNER, so it does not
+    # list the member; the member refused it, and the leader resent the same
+    # snapshot every heartbeat until it happened to compact again.
+    net = Net()
+    net.elect(1)
+    for k in range(10):
+        net.propose(1, b"%d" % k)
+    r = net.rafts[1]
+    net.stores[1].compact(SnapshotMeta(r.log.applied, 0, r.conf_state()), b"snap")
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    net.deliver()
+    r4 = net.add(4, MemoryStorage((1, 2, 3), (4,)))
+    net.tick(10)
+    assert len(net.sent_to(4, MsgType.SNAP)) == 1
+    assert r4.log.last_index() == r.log.last_index() and r.progress()[4][2] == "REPLICATE"
+    assert r4.conf_state() == ConfState((1, 2, 3), (4,))  # from the snapshot, then its own ADD
+    r.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, 4))
+    net.deliver()
+    assert r4.promotable
+
+
 def test_inflight_limit_bounds_appends_to_silent_follower() -> None:
     net = Net(max_inflight_msgs=3, max_size_per_msg=1)
     net.elect(1)

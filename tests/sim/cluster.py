@@ -45,6 +45,7 @@ from .scenarios import Scenario
 
 TICK = 10
 FINAL_TICKS = 400  # the cluster must recover within this many ticks of healing
+MAX_FINAL_SNAPS = 3  # copies of one snapshot sent to one node after healing
 MAX_BACKLOG = 48  # clients hold back while the leader has this many uncommitted entries
 
 EV_TICK, EV_DELIVER, EV_READY, EV_DONE = 0, 1, 2, 3
@@ -83,6 +84,7 @@ class Sim:
         self.checker = Checker(self)
         self.blocked: set[tuple[int, int]] = set()
         self.link_clock: dict[tuple[int, int], int] = {}
+        self.final_snaps: dict[tuple[int, int], int] = {}
         self.final = False
         self.final_start = 0
         self.final_stage = 0
@@ -340,6 +342,15 @@ class Sim:
         self.stats["msgs"] += 1
         if m.type == MsgType.SNAP:
             self.stats["snap_msgs"] += 1
+            if self.final:
+                # On a healthy network one copy of a snapshot must be enough
+                # (a newer one is fine: the leader compacted again meanwhile).
+                key = (m.to, m.snapshot.meta.index)
+                k = self.final_snaps[key] = self.final_snaps.get(key, 0) + 1
+                if k > MAX_FINAL_SNAPS:
+                    self.checker.fail(
+                        f"n{frm} sent snapshot {key[1]} to n{m.to} {k} times after the network healed"
+                    )
         m = copy_message(m)
         copies = 1 if self.final or rng.random() >= sc.dup else 2
         link = (frm, m.to)
