@@ -22,22 +22,33 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kvstore.pb import auth_pb2 as authpb_dot_auth__pb2
 from kvstore.pb import rpc_pb2 as etcdserverpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kvstorepb/internal.proto\x12\tkvstorepb\x1a\x16\x65tcdserverpb/rpc.proto\"\xc5\x04\n\x0fInternalRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tmember_id\x18\x02 \x01(\x04\x12\'\n\x03put\x18\n \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x0b \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x0c \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\r \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x0e \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x0f \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12+\n\x05\x61larm\x18\x10 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x38\n\x11member_attributes\x18\x11 \x01(\x0b\x32\x1b.kvstorepb.MemberAttributesH\x00\x12@\n\x10lease_checkpoint\x18\x12 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequestH\x00\x12*\n\rmember_update\x18\x13 \x01(\x0b\x32\x11.kvstorepb.MemberH\x00\x42\t\n\x07request\"A\n\x10MemberAttributes\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_urls\x18\x03 \x03(\t\"^\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpeer_urls\x18\x03 \x03(\t\x12\x13\n\x0b\x63lient_urls\x18\x04 \x03(\t\x12\x12\n\nis_learner\x18\x05 \x01(\x08\"A\n\nMemberList\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.kvstorepb.Member\x12\x0f\n\x07removed\x18\x02 \x03(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kvstorepb/internal.proto\x12\tkvstorepb\x1a\x11\x61uthpb/auth.proto\x1a\x16\x65tcdserverpb/rpc.proto\"\x8f\x0b\n\x0fInternalRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tmember_id\x18\x02 \x01(\x04\x12*\n\x0b\x61uth_header\x18( \x01(\x0b\x32\x15.kvstorepb.AuthHeader\x12\'\n\x03put\x18\n \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x0b \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x0c \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\r \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x0e \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x0f \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12+\n\x05\x61larm\x18\x10 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x38\n\x11member_attributes\x18\x11 \x01(\x0b\x32\x1b.kvstorepb.MemberAttributesH\x00\x12@\n\x10lease_checkpoint\x18\x12 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequestH\x00\x12*\n\rmember_update\x18\x13 \x01(\x0b\x32\x11.kvstorepb.MemberH\x00\x12\x36\n\x0b\x61uth_enable\x18) \x01(\x0b\x32\x1f.etcdserverpb.AuthEnableRequestH\x00\x12\x38\n\x0c\x61uth_disable\x18* \x01(\x0b\x32 .etcdserverpb.AuthDisableRequestH\x00\x12\x38\n\x11\x61uth_authenticate\x18+ \x01(\x0b\x32\x1b.kvstorepb.AuthAuthenticateH\x00\x12/\n\rauth_user_add\x18, \x01(\x0b\x32\x16.kvstorepb.AuthUserAddH\x00\x12?\n\x10\x61uth_user_delete\x18- \x01(\x0b\x32#.etcdserverpb.AuthUserDeleteRequestH\x00\x12\x46\n\x19\x61uth_user_change_password\x18. \x01(\x0b\x32!.kvstorepb.AuthUserChangePasswordH\x00\x12\x46\n\x14\x61uth_user_grant_role\x18/ \x01(\x0b\x32&.etcdserverpb.AuthUserGrantRoleRequestH\x00\x12H\n\x15\x61uth_user_revoke_role\x18\x30 \x01(\x0b\x32\'.etcdserverpb.AuthUserRevokeRoleRequestH\x00\x12\x39\n\rauth_role_add\x18\x31 \x01(\x0b\x32 .etcdserverpb.AuthRoleAddRequestH\x00\x12?\n\x10\x61uth_role_delete\x18\x32 \x01(\x0b\x32#.etcdserverpb.AuthRoleDeleteRequestH\x00\x12R\n\x1a\x61uth_role_grant_permission\x18\x33 \x01(\x0b\x32,.etcdserverpb.AuthRoleGrantPermissionRequestH\x00\x12T\n\x1b\x61uth_role_revoke_permission\x18\x34 \x01(\x0b\x32-.etcdserverpb.AuthRoleRevokePermissionRequestH\x00\x42\t\n\x07request\"B\n\nAuthHeader\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x10\n\x08internal\x18\x03 \x01(\x08\"G\n\x0b\x41uthUserAdd\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\x0c\x12\x13\n\x0bno_password\x18\x03 \x01(\x08\"=\n\x16\x41uthUserChangePassword\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\x0c\"N\n\x10\x41uthAuthenticate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntoken_hash\x18\x02 \x01(\x0c\x12\x18\n\x10\x63hecked_revision\x18\x03 \x01(\x04\"h\n\tAuthState\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x1b\n\x05users\x18\x03 \x03(\x0b\x32\x0c.authpb.User\x12\x1b\n\x05roles\x18\x04 \x03(\x0b\x32\x0c.authpb.Role\"A\n\x10MemberAttributes\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_urls\x18\x03 \x03(\t\"^\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpeer_urls\x18\x03 \x03(\t\x12\x13\n\x0b\x63lient_urls\x18\x04 \x03(\t\x12\x12\n\nis_learner\x18\x05 \x01(\x08\"A\n\nMemberList\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.kvstorepb.Member\x12\x0f\n\x07removed\x18\x02 \x03(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvstorepb.internal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTERNALREQUEST']._serialized_start=64
-  _globals['_INTERNALREQUEST']._serialized_end=645
-  _globals['_MEMBERATTRIBUTES']._serialized_start=647
-  _globals['_MEMBERATTRIBUTES']._serialized_end=712
-  _globals['_MEMBER']._serialized_start=714
-  _globals['_MEMBER']._serialized_end=808
-  _globals['_MEMBERLIST']._serialized_start=810
-  _globals['_MEMBERLIST']._serialized_end=875
+  _globals['_INTERNALREQUEST']._serialized_start=83
+  _globals['_INTERNALREQUEST']._serialized_end=1506
+  _globals['_AUTHHEADER']._serialized_start=1508
+  _globals['_AUTHHEADER']._serialized_end=1574
+  _globals['_AUTHUSERADD']._serialized_start=1576
+  _globals['_AUTHUSERADD']._serialized_end=1647
+  _globals['_AUTHUSERCHANGEPASSWORD']._serialized_start=1649
+  _globals['_AUTHUSERCHANGEPASSWORD']._serialized_end=1710
+  _globals['_AUTHAUTHENTICATE']._serialized_start=1712
+  _globals['_AUTHAUTHENTICATE']._serialized_end=1790
+  _globals['_AUTHSTATE']._serialized_start=1792
+  _globals['_AUTHSTATE']._serialized_end=1896
+  _globals['_MEMBERATTRIBUTES']._serialized_start=1898
+  _globals['_MEMBERATTRIBUTES']._serialized_end=1963
+  _globals['_MEMBER']._serialized_start=1965
+  _globals['_MEMBER']._serialized_end=2059
+  _globals['_MEMBERLIST']._serialized_start=2061
+  _globals['_MEMBERLIST']._serialized_end=2126
 # @@protoc_insertion_point(module_scope)
