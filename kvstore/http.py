@@ -1,5 +1,5 @@
-"""The HTTP listener: health and version endpoints (the friendly REST API and
-the etcd JSON gateway mount here too)."""
+"""The HTTP listener: health and version endpoints, the friendly REST API
+(kvstore/rest.py) and etcd's JSON gateway (kvstore/gateway.py)."""
 from __future__ import annotations
 
 import json
@@ -42,6 +42,11 @@ def health_handlers(server: KvServer) -> list[web.RouteDef]:
 
 
 def build_app(server: KvServer) -> web.Application:
+    from .gateway import gateway_routes
+    from .rest import rest_routes
+
     app = web.Application(client_max_size=server.cfg.max_request_bytes + 1024)
     app.add_routes(health_handlers(server))
+    app.add_routes(rest_routes(server))  # /kv/, /watch/, /openapi.json
+    app.add_routes(gateway_routes(server))  # etcd's /v3/ and /v3beta/
     return app
