@@ -29,7 +29,7 @@ __all__ = [
     "decode_message",
     "encode_batch",
     "decode_batch",
-    "message_size",
+    "frame_message",
 ]
 
 # Enum lookups by value: a dict hit is several times cheaper than calling the
@@ -133,12 +133,21 @@ def decode_batch(p: pb.MessageBatch) -> list[Message]:
     return [decode_message(m) for m in p.messages]
 
 
-def message_size(m: Message) -> int:
-    """Cheap upper-bound estimate of the encoded size, for batching and queue
-    limits (exact sizes would mean encoding twice)."""
-    n = 64 + len(m.context)
-    for e in m.entries:
-        n += len(e.data) + 24
-    if m.snapshot is not None:
-        n += len(m.snapshot.data) + 16 + 10 * (len(m.snapshot.meta.conf_state.voters) + len(m.snapshot.meta.conf_state.learners))
-    return n
+def frame_message(m: Message) -> bytes:
+    """``m`` encoded as one element of ``MessageBatch.messages`` (field 1).
+
+    Protobuf parses concatenated encodings as one message with the repeated
+    fields appended, so ``b"".join(frames)`` *is* the encoded MessageBatch:
+    the transport encodes each message once, when it is queued, and a batch
+    costs a join. Raises ValueError/TypeError for values protobuf rejects.
+    """
+    body = encode_message(m).SerializeToString()
+    n = len(body)
+    if n < 0x80:
+        return b"\x0a" + bytes((n,)) + body
+    head = bytearray(b"\x0a")
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + body

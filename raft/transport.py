@@ -117,10 +117,9 @@ def parse_peer_url(url: str) -> PeerAddress:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "unix":
-        path = parts.path if not parts.netloc else f"/{parts.netloc}{parts.path}"
-        if not path.startswith("/"):
-            raise ValueError(f"peer URL {url!r}: unix socket path must be absolute")
-        return PeerAddress(url, f"unix://{path}", f"unix://{path}", False)
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"peer URL {url!r}: expected unix:///absolute/path")
+        return PeerAddress(url, f"unix://{parts.path}", f"unix://{parts.path}", False)
     if scheme not in ("http", "https"):
         raise ValueError(f"peer URL {url!r}: scheme must be http, https or unix")
     host = parts.hostname
@@ -239,6 +238,7 @@ class PeerTransport:
         self._retired: set[asyncio.Task[None]] = set()  # tasks of removed peers, still unwinding
         self._unreachable_pending: set[int] = set()
         self._refusal_logged: dict[int, float] = {}
+        self._handlers: set[asyncio.Task[object]] = set()  # running RPC handlers
         self.listen_urls: list[str] = []  # as served (port 0 resolved)
         self._md_base = ((MD_CLUSTER, str(cluster_id)), (MD_FROM, str(node_id)))
 
@@ -289,8 +289,14 @@ class PeerTransport:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
-            await self._server.stop(None)
+            await self._server.stop(None)  # cancels every incoming call
             self._server = None
+        if self._handlers:
+            # gRPC returns from stop() before cancelled handlers have unwound
+            # (temp file cleanup runs there): wait for them, within reason.
+            _, stuck = await asyncio.wait(set(self._handlers), timeout=10.0)
+            if stuck:
+                log.warning("%d peer RPC handler(s) did not finish after stop", len(stuck))
 
     # ----------------------------------------------------------------- peers
     def set_peer(self, node_id: int, urls: list[str]) -> None:
@@ -672,10 +678,18 @@ class _Servicer(pb_grpc.RaftPeerServicer):
     def __init__(self, transport: PeerTransport) -> None:
         self._t = transport
 
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._t._handlers.add(task)
+            task.add_done_callback(self._t._handlers.discard)
+
     async def Stream(self, request_iterator, context):  # type: ignore[override]
+        self._track()
         return await self._t._serve_stream(request_iterator, context)
 
     async def Snapshot(self, request_iterator, context):  # type: ignore[override]
+        self._track()
         return await self._t._serve_snapshot(request_iterator, context)
 
 

@@ -31,13 +31,24 @@ TIMEOUT = 30.0  # generous: waiting for an event, never a speed requirement
 CLUSTER = 0xC1
 
 
+_members: list["Member"] = []  # every Member of the running test, stopped by run()
+
+
 def run(coro: Awaitable[None]) -> None:
     async def main() -> None:
-        async with asyncio.timeout(120):
-            await coro
-        # Clean shutdown: nothing of ours may still be running.
-        await asyncio.sleep(0)
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        try:
+            async with asyncio.timeout(120):
+                await coro
+        finally:
+            for m in _members:
+                await m.t.stop()  # idempotent; covers tests that failed midway
+            _members.clear()
+        # Clean shutdown: no sender, snapshot or handler task may be left.
+        # ("rpc_task" is gRPC's own wrapper around a handler; it may need one
+        # more loop turn after its handler finished.)
+        leftover = [
+            t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t.get_name() != "rpc_task"
+        ]
         assert not leftover, leftover
 
     asyncio.run(main())
@@ -64,6 +75,7 @@ class Member:
         self.snapshot_payload: Callable[[Message], AsyncIterator[bytes]] = self._no_snapshot
         self._changed = asyncio.Event()
         self.snapshot_dir = tmp / f"snap-{node_id}"
+        _members.append(self)
         self.t = PeerTransport(
             node_id,
             cluster,
@@ -120,7 +132,7 @@ async def stop_all(*members: Member) -> None:
 def app(frm: int, to: int, index: int, n: int = 3) -> Message:
     """A MsgApp whose entries carry every byte value."""
     ents = [Entry(2, index + k, EntryType.NORMAL, bytes(range(256)) * (k + 1) + os.urandom(7)) for k in range(n)]
-    return Message(MsgType.APP, to, frm, term=2, log_term=2, index=index - 1, entries=ents, commit=index - 1, context=b"\x00ctx\xff")
+    return Message(MsgType.APP, to, frm, term=2, log_term=2, index=index - 1, entries=ents, commit=index // 2, context=b"\x00ctx\xff")
 
 
 def free_port() -> int:
@@ -132,14 +144,15 @@ def free_port() -> int:
 # ---------------------------------------------------------------- delivery
 def test_batches_between_three_members_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     writes = 0
-    real_encode = transport_mod.encode_batch
+    real_take = transport_mod._take_batch
 
-    def counting_encode(batch: list[Message]) -> pb.MessageBatch:
+    def counting_take(peer: object) -> bytes:
         nonlocal writes
-        writes += 1
-        return real_encode(batch)
+        batch = real_take(peer)  # type: ignore[arg-type]
+        writes += bool(batch)
+        return batch
 
-    monkeypatch.setattr(transport_mod, "encode_batch", counting_encode)
+    monkeypatch.setattr(transport_mod, "_take_batch", counting_take)
 
     async def scenario() -> None:
         a, b, c = await cluster_of(tmp_path, 3)
@@ -148,7 +161,7 @@ def test_batches_between_three_members_round_trip(tmp_path: Path, monkeypatch: p
             batch = []
             for k in range(40):
                 to = 2 + (k % 2)
-                m = app(1, to, 100 * round_no + k) if k % 3 else Message(MsgType.HEARTBEAT, to, 1, term=2, commit=k, context=bytes([k]))
+                m = app(1, to, 100 * round_no + k + 1) if k % 3 else Message(MsgType.HEARTBEAT, to, 1, term=2, commit=k, context=bytes([k]))
                 batch.append(m)
                 sent[to].append(m)
             a.t.send(batch)
@@ -214,6 +227,20 @@ def test_other_cluster_and_wrong_member_are_refused(tmp_path: Path, caplog: pyte
     assert any("FAILED_PRECONDITION" in m for m in messages), messages
 
 
+def test_removed_member_learns_of_its_removal(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        removed_events: list[None] = []
+        a = Member(1, tmp_path, on_removed=lambda: removed_events.append(None))
+        b = Member(2, tmp_path, is_removed=lambda frm: frm == 1)
+        await b.t.start(["http://127.0.0.1:0"])
+        a.t.set_peer(2, [b.url])
+        a.t.send([app(1, 2, 3)])
+        await a.wait_for(lambda: 2 in a.unreachable, "refusal")
+        assert removed_events and b.received == []
+
+    run(scenario())
+
+
 def test_peer_that_comes_up_later_gets_later_messages(tmp_path: Path) -> None:
     async def scenario() -> None:
         a = Member(1, tmp_path)
@@ -254,13 +281,15 @@ def test_dead_or_stuck_peer_does_not_delay_a_live_one(tmp_path: Path) -> None:
         a.t.set_peer(3, [stuck_url])
         a.t.set_peer(4, [f"http://127.0.0.1:{free_port()}"])  # nobody listens
         expected = []
-        for k in range(200):
-            live = app(1, 2, k, n=1)
-            expected.append(live)
-            a.t.send([app(1, 3, k, n=1), live, app(1, 4, k, n=1)])
-        await b.wait_for(lambda: len(b.received) == len(expected), "all messages to the live peer")
+        for round_no in range(20):
+            for k in range(10):
+                live = app(1, 2, 10 * round_no + k + 1, n=1)
+                expected.append(live)
+                a.t.send([app(1, 3, k + 1, n=1), live, app(1, 4, k + 1, n=1)])
+            await b.wait_for(lambda: len(b.received) == len(expected), f"messages to the live peer ({len(b.received)} of {len(expected)})")
         assert b.received == expected
         await a.wait_for(lambda: {3, 4} <= set(a.unreachable), "overflow / failure reports")
+        assert 2 not in a.unreachable
         await stop_all(a, b)
         blackhole.close()
         for w in stuck_conns:
@@ -268,6 +297,20 @@ def test_dead_or_stuck_peer_does_not_delay_a_live_one(tmp_path: Path) -> None:
         await blackhole.wait_closed()
 
     run(scenario())
+
+
+def test_unencodable_message_is_dropped_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        a, b = await cluster_of(tmp_path, 2)
+        good = [app(1, 2, 5), app(1, 2, 8)]
+        a.t.send([good[0], Message(MsgType.APP, 2, 1, index=-1), good[1]])
+        await b.wait_for(lambda: len(b.received) == 2)
+        assert b.received == good
+
+    run(scenario())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage().split(":")[0] for r in errors] == ["dropping unencodable APP to 2"]
+    caplog.clear()  # expected error, checked above
 
 
 def test_queue_keeps_newest_messages_on_overflow(tmp_path: Path) -> None:
@@ -315,7 +358,7 @@ def test_snapshot_transfer_in_chunks(tmp_path: Path, caplog: pytest.LogCaptureFi
         await stop_all(a, b)
 
     run(scenario())
-    assert any("(5255105 bytes in 6 chunks) from 1" in r.getMessage() for r in caplog.records)
+    assert any(f"({len(data)} bytes in 6 chunks) from 1" in r.getMessage() for r in caplog.records)
 
 
 def test_failed_snapshot_transfers_are_reported(tmp_path: Path) -> None:
