@@ -8,6 +8,7 @@ the batch's events go to the watch hub only after the transaction commits.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -65,6 +66,7 @@ class Applier:
         self.members = members.load(store.get_meta(members.META_KEY))
         self.alarms = self._load_alarms()
         self.term = 0  # raft term of the last applied entry (for headers)
+        self.observe_commit: Callable[[float], None] | None = None  # metrics hook
 
     # -- raft.node.StateMachine ----------------------------------------------
     def applied_index(self) -> int:
@@ -97,6 +99,7 @@ class Applier:
         granted: list[tuple[int, int]] = []
         revoked: list[int] = []
         members_changed = False
+        started = time.perf_counter()
         with self.store.write() as batch:
             for e in todo:
                 self.term = e.term
@@ -132,6 +135,8 @@ class Applier:
                 if req.member_id == self.member_id:
                     results.append((req.id, Applied(resp, err, self.store.current_revision)))
             batch.set_consistent_index(todo[-1].index)
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - started)
         # Committed: now tell the rest of the server.
         if all_events:
             for sink in self.event_sinks:

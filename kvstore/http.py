@@ -33,7 +33,12 @@ def health_handlers(server: KvServer) -> list[web.RouteDef]:
     async def version(_: web.Request) -> web.Response:
         return _json({"etcdserver": API_VERSION, "etcdcluster": API_VERSION, "kvstore": __version__})
 
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=server.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
     return [
+        web.get("/metrics", metrics),
         web.get("/health", health),
         web.get("/livez", livez),
         web.get("/readyz", readyz),

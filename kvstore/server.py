@@ -35,6 +35,7 @@ from .apply import Applied, Applier
 from .config import ServerConfig
 from .errors import EtcdError
 from .lease import Lessor, min_lease_ttl
+from .metrics import Metrics
 from .mvcc import MvccStore
 from .pb import internal_pb2, rpc_pb2
 
@@ -64,6 +65,7 @@ class KvServer:
         self.lessor: Lessor
         self.transport: PeerTransport
         self.removed = asyncio.Event()  # set when this member was removed
+        self.metrics = Metrics()
 
     # ------------------------------------------------------------------ open
     def _open_storage(self) -> tuple[LmdbStorage, MvccStore]:
@@ -111,6 +113,8 @@ class KvServer:
         if fresh and self.cfg.initial_cluster_state == "new":
             self._bootstrap(raft_store)
         self.applier = Applier(self.store, self.member_id, self._on_result, self._on_members_changed)
+        self.applier.observe_commit = self.metrics.backend_commit.observe
+        self.metrics.bind(self)
         self.lessor = Lessor(
             self.store,
             self.propose,
@@ -142,6 +146,7 @@ class KvServer:
             self.applier,
             self.transport,
             NodeOptions(
+                observe_fsync=self.metrics.wal_fsync.observe,
                 tick_interval=self.cfg.heartbeat_interval / 1000.0,
                 snapshot_count=self.cfg.snapshot_count,
                 catch_up_entries=min(5000, self.cfg.snapshot_count),
@@ -345,6 +350,9 @@ class KvServer:
     def is_learner(self) -> bool:
         m = members.find(self.applier.members, self.member_id)
         return bool(m and m.is_learner)
+
+    def pending_proposals(self) -> int:
+        return len(self._waiters)
 
     def has_leader(self) -> bool:
         return self.node.leader != NONE

@@ -70,6 +70,17 @@ class NodeOptions:
     tick_interval: float = 0.1  # seconds per tick (= heartbeat interval)
     snapshot_count: int = 10_000  # applied entries between log compactions
     catch_up_entries: int = 5_000  # entries kept after a compaction for slow followers
+    observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync (metrics)
+
+
+@dataclass
+class NodeStats:
+    """Plain counters for operators (the server exports them as metrics)."""
+
+    leader_changes: int = 0
+    proposals_committed: int = 0  # entries this node saw committed
+    proposals_applied: int = 0
+    proposals_failed: int = 0  # proposals dropped before reaching the log
 
 
 class NotLeader(RaftError):
@@ -116,6 +127,7 @@ class RaftNode:
         self.applied = self.raft.log.applied
         self.leader_changed = asyncio.Event()
         self._last_leader = NONE
+        self.stats = NodeStats()
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -245,6 +257,7 @@ class RaftNode:
             try:
                 self.raft.propose_many(batch)
             except ProposalDropped as e:
+                self.stats.proposals_failed += len(batch)
                 log.debug("dropped %d proposals: %s", len(batch), e)
         if self._read_waiters:
             waiters, self._read_waiters = self._read_waiters, []
@@ -296,10 +309,14 @@ class RaftNode:
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
             return
         loop = asyncio.get_running_loop()
+        start = loop.time()
         await loop.run_in_executor(self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot, True)
+        if self.opts.observe_fsync is not None:
+            self.opts.observe_fsync(loop.time() - start)
 
     async def _handle_ready(self) -> None:
         rd = self.raft.ready()
+        self.stats.proposals_committed += len(rd.committed_entries)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         snap = rd.snapshot
@@ -344,6 +361,8 @@ class RaftNode:
 
     def _on_soft_state(self, ss: SoftState) -> None:
         if ss.leader != self._last_leader:
+            if ss.leader != NONE:
+                self.stats.leader_changes += 1
             # Reads in flight may never be answered by a changed leadership;
             # callers see a retryable error instead of hanging.
             err = ProposalDropped("leader changed")
@@ -369,6 +388,7 @@ class RaftNode:
                 cs = self.raft.apply_conf_change(cc)
                 self._conf_history.append((e.index, cs))
         self.sm.apply(entries)
+        self.stats.proposals_applied += len(entries)
         self._set_applied(entries[-1].index)
 
     def _set_applied(self, index: int) -> None:

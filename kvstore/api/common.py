@@ -45,22 +45,55 @@ async def check_quota(server: Any, req: Any) -> None:
     raise errors.NO_SPACE
 
 
+_SERVICE_NAMES = {
+    "KVService": "etcdserverpb.KV",
+    "LeaseService": "etcdserverpb.Lease",
+    "ClusterService": "etcdserverpb.Cluster",
+    "MaintenanceService": "etcdserverpb.Maintenance",
+    "AuthService": "etcdserverpb.Auth",
+    "LockService": "v3lockpb.Lock",
+    "ElectionService": "v3electionpb.Election",
+}
+# grpc-go's code names, as etcd's go-grpc-prometheus labels them.
+_PROM_CODES = {
+    "OK": "OK", "CANCELLED": "Canceled", "UNKNOWN": "Unknown", "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded", "NOT_FOUND": "NotFound", "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied", "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition", "ABORTED": "Aborted", "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented", "INTERNAL": "Internal", "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss", "UNAUTHENTICATED": "Unauthenticated",
+}
+
+
 def unary(fn: F) -> F:
     """Wrap a unary handler: etcd errors become their gRPC status; anything
     unexpected is logged once and reported as INTERNAL, never a dropped call."""
 
+    method = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metrics = getattr(getattr(self, "s", None), "metrics", None)
+        service = _SERVICE_NAMES.get(type(self).__name__, type(self).__name__)
+        if metrics is not None:
+            metrics.rpc_started(service, method)
+        code = "OK"
         try:
             if _refused_by_learner(self, request):
                 raise NOT_SUPPORTED_FOR_LEARNER
             return await fn(self, request, context)
         except EtcdError as e:
+            code = e.code.name
             await context.abort(e.code, e.message)
         except grpc.aio.AbortError:
+            code = "ABORTED"
             raise
         except Exception:
+            code = "INTERNAL"
             log.exception("internal error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
+        finally:
+            if metrics is not None:
+                metrics.rpc_handled(service, method, _PROM_CODES.get(code, code))
 
     return wrapper  # type: ignore[return-value]

@@ -863,6 +863,11 @@ class MvccStore:
         self._dbs = dbs
         self._psize = env.stat()["psize"]
 
+    def key_count(self) -> int:
+        """Live keys, from LMDB's page statistics: O(1), for metrics."""
+        with self._env.begin() as txn:
+            return txn.stat(self._kv)["entries"]
+
     def close(self) -> None:
         if self._batch is not None:
             self._batch.abort()

@@ -46,7 +46,7 @@ NS_PREFIX = "kvf-"
 
 # The system under test by default.  Switch to "kvstore" once the server runs;
 # KVSTORE_FAULT_SYSTEM overrides it for one run.
-DEFAULT_SYSTEM = "etcd"
+DEFAULT_SYSTEM = "kvstore"
 
 
 def default_system() -> str:
