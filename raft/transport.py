@@ -187,6 +187,9 @@ class PeerTransport:
                                    after an outgoing MsgSnap
     ``on_unreachable(peer)``       a message to ``peer`` was dropped or its stream failed
     ``on_snapshot_status(peer, ok)`` outcome of an outgoing snapshot transfer
+    ``is_removed(peer)``           optional: True refuses that member's streams
+                                   with MEMBER_REMOVED
+    ``on_removed()``               optional: a peer refused *us* as removed
 
     TLS: pass ``server_credentials`` (used for ``https://`` listen URLs) and
     ``channel_credentials`` (used to dial ``https://`` peer URLs).
@@ -513,6 +516,8 @@ class PeerTransport:
         except _STREAM_ERRORS as e:
             reason = await _final_status(call, e)
             log.warning("sending snapshot at index %d to %x failed: %s", index, peer.id, reason)
+        except OSError as e:  # the application could not read its snapshot
+            log.warning("sending snapshot at index %d to %x failed: snapshot source: %s", index, peer.id, e)
         except Exception:
             log.exception("sending snapshot at index %d to %x failed", index, peer.id)
         finally:

@@ -391,25 +391,24 @@ def test_sigkill_at_random_moments_loses_no_saved_entry(tmp_path: Path) -> None:
     rng = random.Random(1234)
     db = tmp_path / "db"
     for round_no in range(10):
-        child = subprocess.Popen(
+        seen: list[bytes] = []
+        with subprocess.Popen(
             [sys.executable, "-c", KILL_CHILD, str(db), str(round_no)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=REPO,
-        )
-        assert child.stdout is not None and child.stderr is not None
-        seen: list[bytes] = []
-        try:
-            assert child.stdout.readline() == b"ready\n"
-            for _ in range(rng.randint(1, 300)):
-                line = child.stdout.readline()
-                if not line:
-                    pytest.fail(f"child died: {child.stderr.read().decode()}")
-                seen.append(line)
-            child.send_signal(signal.SIGKILL)  # the child is still saving
-        finally:
-            child.kill()
-            seen.append(child.stdout.read())  # through the same buffered reader
-            child.stderr.read()
-            child.wait()
+        ) as child:
+            assert child.stdout is not None and child.stderr is not None
+            try:
+                assert child.stdout.readline() == b"ready\n"
+                for _ in range(rng.randint(1, 300)):
+                    line = child.stdout.readline()
+                    if not line:
+                        pytest.fail(f"child died: {child.stderr.read().decode()}")
+                    seen.append(line)
+                child.send_signal(signal.SIGKILL)  # the child is still saving
+            finally:
+                child.kill()
+                seen.append(child.stdout.read())  # through the same buffered reader
+                child.stderr.read()
         # Every complete line is a save that returned before the kill.
         reports = [line.split() for line in b"".join(seen).decode().split("\n")[:-1]]
         assert reports
