@@ -15,7 +15,7 @@ import grpc
 from aiohttp import web
 
 from . import __version__
-from .api import add_services
+from .api import add_services, server_interceptors
 from .config import ConfigError, ServerConfig, parse
 from .http import build_app
 from .server import DataDirError, KvServer
@@ -78,6 +78,7 @@ async def serve(cfg: ServerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     grpc_server = grpc.aio.server(
+        interceptors=server_interceptors(server),  # authorisation (kvstore.api.auth)
         options=[
             ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD),
             ("grpc.max_send_message_length", 2**31 - 1),

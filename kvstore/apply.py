@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -66,6 +66,7 @@ class Applier:
         self.members = members.load(store.get_meta(members.META_KEY))
         self.alarms = self._load_alarms()
         self.term = 0  # raft term of the last applied entry (for headers)
+        self.auth: Any = None  # kvstore.auth.Auth, set by the server
         self.observe_commit: Callable[[float], None] | None = None  # metrics hook
 
     # -- raft.node.StateMachine ----------------------------------------------
@@ -153,6 +154,11 @@ class Applier:
 
     # -- requests ----------------------------------------------------------------
     def _dispatch(self, batch, req: internal_pb2.InternalRequest, kind: str | None):
+        auth = self.auth
+        if auth is not None and (auth.enabled or kind in auth.KINDS):
+            handled = auth.apply(batch, req, kind)  # auth entries; refuses unauthorised writes
+            if handled is not None:
+                return handled
         if kind in ("put", "txn") and self._nospace_blocks(req, kind):
             raise errors.NO_SPACE
         if kind == "put":

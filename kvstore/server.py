@@ -65,6 +65,7 @@ class KvServer:
         self.lessor: Lessor
         self.transport: PeerTransport
         self.removed = asyncio.Event()  # set when this member was removed
+        self.auth: Any = None  # kvstore.auth.Auth once started
         self.metrics = Metrics()
 
     # ------------------------------------------------------------------ open
@@ -122,6 +123,11 @@ class KvServer:
             extend=self.cfg.election_timeout / 1000.0,
         )
         self.applier.lease_observers.append(self.lessor)
+        from .auth import Auth
+
+        self.auth = Auth(self)
+        self.applier.auth = self.auth
+        self.applier.event_sinks.append(self.auth)  # reloads after a snapshot restore
         self.transport = PeerTransport(
             node_id=self.member_id,
             cluster_id=self.cluster_id,
@@ -279,6 +285,8 @@ class KvServer:
         rid = next(self._req_ids)
         req.id = rid
         req.member_id = self.member_id
+        if self.auth is not None and self.auth.enabled:
+            self.auth.stamp(req)  # the caller's identity, checked when applied
         data = req.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE

@@ -14,23 +14,24 @@ def servicers(server: KvServer) -> dict[str, Any]:
     name; gRPC and the HTTP gateway (kvstore/gateway.py) call the same ones."""
     svc: dict[str, Any] | None = getattr(server, "api_servicers", None)
     if svc is None:
+        from .auth import AuthService, AuthWatchService
         from .cluster import ClusterService
         from .election import ElectionService
         from .kv import KVService
         from .lease import LeaseService
         from .lock import LockService, Recipes
         from .maintenance import MaintenanceService
-        from .watch import WatchService
 
         recipes = Recipes(server)
         svc = {
             "etcdserverpb.KV": KVService(server),
-            "etcdserverpb.Watch": WatchService(server),
+            "etcdserverpb.Watch": AuthWatchService(server),  # WatchService + per-create auth check
             "etcdserverpb.Lease": LeaseService(server),
             "etcdserverpb.Cluster": ClusterService(server),
             "etcdserverpb.Maintenance": MaintenanceService(server),
             "v3lockpb.Lock": LockService(server, recipes),
             "v3electionpb.Election": ElectionService(server, recipes),
+            "etcdserverpb.Auth": AuthService(server),
         }
         server.api_servicers = svc  # type: ignore[attr-defined]
     return svc
@@ -47,3 +48,11 @@ def add_services(grpc_server: grpc.aio.Server, server: KvServer) -> None:
     rpc_pb2_grpc.add_LeaseServicer_to_server(svc["etcdserverpb.Lease"], grpc_server)
     v3lock_pb2_grpc.add_LockServicer_to_server(svc["v3lockpb.Lock"], grpc_server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(svc["v3electionpb.Election"], grpc_server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(svc["etcdserverpb.Auth"], grpc_server)
+
+
+def server_interceptors(server: KvServer) -> list[grpc.aio.ServerInterceptor]:
+    """Interceptors the gRPC server must be created with (authorisation)."""
+    from .auth import server_interceptors as auth_interceptors
+
+    return auth_interceptors(server)
