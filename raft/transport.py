@@ -192,7 +192,12 @@ class PeerTransport:
     ``on_removed()``               optional: a peer refused *us* as removed
 
     TLS: pass ``server_credentials`` (used for ``https://`` listen URLs) and
-    ``channel_credentials`` (used to dial ``https://`` peer URLs).
+    ``channel_credentials`` (used to dial ``https://`` peer URLs; either the
+    credentials or a callable returning them, called for every new connection
+    so that rotated certificates are picked up).
+    ``authorize_peer(context)``: an extra check of every incoming call (e.g.
+    the peer certificate from ``context.auth_context()``): returns None to
+    accept, or the reason to refuse it with PERMISSION_DENIED.
     """
 
     def __init__(
@@ -209,7 +214,8 @@ class PeerTransport:
         on_removed: Callable[[], None] | None = None,
         snapshot_dir: str,
         server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
+        authorize_peer: Callable[[grpc.aio.ServicerContext], str | None] | None = None,
         queue_messages: int = 4096,
         queue_bytes: int = 64 << 20,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
@@ -230,6 +236,7 @@ class PeerTransport:
         self.snapshot_dir = snapshot_dir
         self._server_credentials = server_credentials
         self._channel_credentials = channel_credentials
+        self._authorize_peer = authorize_peer
         self._queue_messages = max(1, queue_messages)
         self._queue_bytes = queue_bytes
         self._chunk = max(1, snapshot_chunk)
@@ -384,8 +391,11 @@ class PeerTransport:
     # ---------------------------------------------------------- sender task
     def _open_channel(self, addr: PeerAddress) -> grpc.aio.Channel:
         if addr.tls:
-            assert self._channel_credentials is not None
-            return grpc.aio.secure_channel(addr.target, self._channel_credentials, options=_CHANNEL_OPTIONS)
+            creds = self._channel_credentials
+            assert creds is not None
+            if callable(creds):
+                creds = creds()
+            return grpc.aio.secure_channel(addr.target, creds, options=_CHANNEL_OPTIONS)
         return grpc.aio.insecure_channel(addr.target, options=_CHANNEL_OPTIONS)
 
     def _metadata(self, peer_id: int) -> tuple[tuple[str, str], ...]:
@@ -549,6 +559,11 @@ class PeerTransport:
             cluster, frm, to = int(md[MD_CLUSTER]), int(md[MD_FROM]), int(md[MD_TO])
         except (KeyError, ValueError, TypeError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing or malformed peer identity metadata")
+        if self._authorize_peer is not None:
+            refusal = self._authorize_peer(context)
+            if refusal is not None:
+                self._warn_refusal(frm, "refused peer %x: %s", frm, refusal)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         if cluster != self.cluster_id:
             self._warn_refusal(frm, "refused peer %x of cluster %x (we are cluster %x)", frm, cluster, self.cluster_id)
             await context.abort(
