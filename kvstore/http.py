@@ -46,11 +46,24 @@ def health_handlers(server: KvServer) -> list[web.RouteDef]:
     ]
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """aiohttp's own 404/405 answers as the REST API's JSON errors (the
+    gateway's /v3/ paths keep etcd's plain-text ones)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400 or request.path.startswith(("/v3/", "/v3beta/")):
+            raise
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return web.json_response({"error": e.reason, "code": e.status}, status=e.status, headers=headers)
+
+
 def build_app(server: KvServer) -> web.Application:
     from .gateway import gateway_routes
     from .rest import rest_routes
 
-    app = web.Application(client_max_size=server.cfg.max_request_bytes + 1024)
+    app = web.Application(client_max_size=server.cfg.max_request_bytes + 1024, middlewares=[json_errors])
     app.add_routes(health_handlers(server))
     app.add_routes(rest_routes(server))  # /kv/, /watch/, /openapi.json
     app.add_routes(gateway_routes(server))  # etcd's /v3/ and /v3beta/
