@@ -194,7 +194,7 @@ class Raft:
         self.step(Message(MsgType.READ_INDEX, frm=self.id, context=ctx))
 
     def transfer_leader(self, target: int) -> None:
-        self.step(Message(MsgType.TRANSFER_LEADER, frm=target))
+        self.step(Message(MsgType.TRANSFER_LEADER, frm=self.id, index=target))
 
     def report_unreachable(self, node: int) -> None:
         self.step(Message(MsgType.UNREACHABLE, frm=node))
@@ -508,6 +508,8 @@ class Raft:
         elif t == MsgType.TIMEOUT_NOW:
             self._hup(transfer=True)
         elif t == MsgType.READ_INDEX:
+            if m.frm != self.id:
+                return  # another node's read reached a non-leader: it retries
             if self.lead == NONE:
                 raise ProposalDropped("no leader")
             m.to = self.lead
@@ -622,11 +624,10 @@ class Raft:
         return False
 
     def _send(self, m: Message) -> None:
-        if m.frm == NONE:
-            # A forwarded message keeps its origin: the leader answers a
-            # READ_INDEX to the node that asked, and TRANSFER_LEADER names
-            # its target in ``frm``.
-            m.frm = self.id
+        # Always this node: the transport refuses a message whose sender is
+        # not the peer it came from. So a forwarded TRANSFER_LEADER names its
+        # target in ``index``, and only a node's own reads are forwarded.
+        m.frm = self.id
         if m.type not in _VOTE_RESP.values() and m.type not in (MsgType.VOTE, MsgType.PRE_VOTE):
             if m.type not in _UNTERMED:
                 m.term = self.term
@@ -699,6 +700,11 @@ class Raft:
         if t == MsgType.READ_INDEX:
             self._leader_read_index(m)
             return
+        if t == MsgType.TRANSFER_LEADER:
+            pr = self.prs.get(m.index)
+            if pr is not None:
+                self._leader_transfer(m.index, pr)
+            return
         pr = self.prs.get(m.frm)
         if pr is None:
             return
@@ -723,8 +729,6 @@ class Raft:
         elif t == MsgType.UNREACHABLE:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
-        elif t == MsgType.TRANSFER_LEADER:
-            self._leader_transfer(m.frm, pr)
 
     def _leader_propose(self, m: Message) -> None:
         local = m.frm == self.id

@@ -109,6 +109,7 @@ class Net:
             rd = r.ready()
             st.save(rd.hard_state, rd.entries, rd.snapshot)
             for m in rd.messages:
+                assert m.frm == nid, f"n{nid} sends {m.type.name} with frm={m.frm}"
                 self.sent.append(m)
                 self.queue.append(m)
             for e in rd.committed_entries:
@@ -391,15 +392,20 @@ def test_follower_read_is_forwarded_and_answered() -> None:
     assert [(rs.index, rs.request_ctx) for rs in net.reads[3]] == [(net.rafts[1].log.committed, b"f")]
 
 
-def test_read_forwarded_twice_is_answered_to_the_asker() -> None:
-    # Regression (sim seed 7/chaos at 7cc06f9^): a follower forwarding a
-    # READ_INDEX it received from another node replaced the asker with itself.
+def test_read_reaching_a_follower_from_another_node_is_not_misattributed() -> None:
+    # Regression (sim seed 30/chaos, 3/transfer before the fix): a follower
+    # that received another node's READ_INDEX (sent to a stale leader) forwarded
+    # it as its own, so the answer went to the wrong node -- unsafe if both use
+    # the same context. Now it is dropped (the asker retries), and every message
+    # a node sends has frm == its id, as the transport requires.
     net = Net()
     net.elect(1)
     net.rafts[2].step(Message(MsgType.READ_INDEX, to=2, frm=3, context=b"r"))
     net.deliver()
+    assert net.reads[2] == [] and net.reads[3] == []
+    net.rafts[3].read_index(b"r")
+    net.deliver()
     assert [rs.request_ctx for rs in net.reads[3]] == [b"r"]
-    assert net.reads[2] == []
 
 
 def test_read_waits_for_commit_in_current_term() -> None:
@@ -454,10 +460,14 @@ def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
 
 
 def test_transfer_asked_on_a_follower_goes_to_the_target() -> None:
-    # Regression: the forwarding follower replaced the target (frm) with itself.
+    # Regression (found with the read bug above): the forwarding follower
+    # replaced the target (carried in frm) with itself.
     net = Net()
     net.elect(1)
     net.rafts[3].transfer_leader(2)
+    net.process(3)
+    fwd = [m for m in net.queue if m.type == MsgType.TRANSFER_LEADER]
+    assert len(fwd) == 1 and fwd[0].frm == 3 and fwd[0].to == 1
     net.deliver()
     assert net.rafts[2].role == Role.LEADER
     assert net.rafts[3].role == Role.FOLLOWER

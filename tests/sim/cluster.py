@@ -85,6 +85,7 @@ class Sim:
         self.blocked: set[tuple[int, int]] = set()
         self.link_clock: dict[tuple[int, int], int] = {}
         self.final_snaps: dict[tuple[int, int], int] = {}
+        self.transfer_targets: set[int] = set()  # every node a transfer was asked for
         self.final = False
         self.final_start = 0
         self.final_stage = 0
@@ -340,6 +341,11 @@ class Sim:
         sc = self.sc
         rng = self.rng
         self.stats["msgs"] += 1
+        if m.frm != frm:
+            # The transport refuses a message whose sender is not the peer.
+            self.checker.fail(f"n{frm} sends {m.type.name} to n{m.to} with frm={m.frm}")
+        if m.type == MsgType.TIMEOUT_NOW and m.to not in self.transfer_targets:
+            self.checker.fail(f"n{frm} hands leadership to n{m.to}, which no transfer asked for")
         if m.type == MsgType.SNAP:
             self.stats["snap_msgs"] += 1
             if self.final:
@@ -537,6 +543,7 @@ class Sim:
                     via = lead if rng.random() < 0.7 else rng.choice(live)
                     self.stats["transfers"] += 1
                     self.trace(f"transfer leadership n{lead.id} -> n{target} (asked on n{via.id})")
+                    self.transfer_targets.add(target)
                     via.raft.transfer_leader(target)
                     self.after(via)
 
