@@ -266,6 +266,13 @@ class Sim:
         if needs_sync and not rd.must_sync:
             self.checker.fail(f"n{nid} Ready needs a sync but must_sync is False")
         if node.async_mode:
+            if self.sc.early_leader_msgs and r.role == Role.LEADER:
+                # The driver's optimisation (Raft thesis 10.2.1): a leader's
+                # appends and heartbeats leave before its own fsync.
+                early = [m for m in rd.messages if m.type in (MsgType.APP, MsgType.HEARTBEAT)]
+                rd.messages = [m for m in rd.messages if m.type not in (MsgType.APP, MsgType.HEARTBEAT)]
+                for m in early:
+                    self.send(nid, m)
             node.inflight = rd
             self.push(self.now + self.rng.randint(*self.sc.fsync_delay), EV_DONE, nid, inc)
         else:

@@ -30,6 +30,7 @@ class Scenario:
     power_failure: float = 0.0  # per tick: every node crashes at once
     restart_after: tuple[int, int] = (3, 50)  # ticks
     async_ready: float = 0.3  # incarnations that step messages while a Ready is persisted
+    early_leader_msgs: bool = False  # async leaders send appends/heartbeats before their fsync
     ready_delay: tuple[int, int] = (0, 3)  # units from "has ready" to ready()
     fsync_delay: tuple[int, int] = (0, 6)  # units a Ready spends being persisted (async mode)
     tick_skip: float = 0.02  # a node misses a tick (scheduling hiccup)
@@ -164,6 +165,25 @@ SCENARIOS: dict[str, Scenario] = {
             snapshot_count=6,
             membership=True,
             member_every=15,
+            chaos_ticks=320,
+        ),
+        replace(
+            BASE,
+            name="early",
+            async_ready=1.0,
+            early_leader_msgs=True,
+            fsync_delay=(0, 25),
+            drop=0.03,
+            long_delay=0.04,
+            partition_rate=0.02,
+            heal_rate=0.06,
+            crash_rate=0.04,
+            max_down=2,
+            restart_after=(1, 20),
+            power_failure=0.006,
+            snapshot_count=12,
+            transfer_rate=0.02,
+            membership=True,
             chaos_ticks=320,
         ),
     ]
