@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -44,7 +45,7 @@ def etcd3_python() -> str:
     """The interpreter of .venv-etcd3, created (python -m venv + pip) if missing."""
     py = os.path.join(VENV, "bin", "python")
     os.makedirs(os.path.dirname(VENV), exist_ok=True)
-    with open(VENV + ".lock", "w") as lock:
+    with open(os.path.join(tempfile.gettempdir(), "kvstore-venv-etcd3.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one creator at a time
         if not _venv_ok(py):
             base = getattr(sys, "_base_executable", None) or sys.executable
