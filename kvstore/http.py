@@ -60,6 +60,7 @@ async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped
 
 
 def build_app(server: KvServer) -> web.Application:
+    from .dashboard import dashboard_routes
     from .gateway import gateway_routes
     from .rest import rest_routes
 
@@ -67,4 +68,5 @@ def build_app(server: KvServer) -> web.Application:
     app.add_routes(health_handlers(server))
     app.add_routes(rest_routes(server))  # /kv/, /watch/, /openapi.json
     app.add_routes(gateway_routes(server))  # etcd's /v3/ and /v3beta/
+    app.add_routes(dashboard_routes(server))  # the operator dashboard: /, /dashboard/
     return app
