@@ -1,8 +1,13 @@
 """``python -m kvstore`` / ``kvstore``: run one member until SIGTERM/SIGINT."""
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no C-core chatter on stderr
+
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import signal
@@ -14,11 +19,12 @@ from urllib.parse import urlsplit
 import grpc
 from aiohttp import web
 
-from . import __version__
+from . import __version__, limits, tls
 from .api import add_services, server_interceptors
 from .config import ConfigError, ServerConfig, parse
 from .http import build_app
 from .server import DataDirError, KvServer
+from .tls import CertSource, TLSError
 
 log = logging.getLogger("kvstore")
 
@@ -70,8 +76,87 @@ def grpc_address(url: str) -> str:
     return f"{host}:{parts.port}"
 
 
+def _tls_url(url: str) -> bool:
+    return urlsplit(url).scheme in ("https", "unixs")
+
+
+def _loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme.startswith("unix"):
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plaintext(cfg: ServerConfig, client_tls: bool, peer_tls: bool) -> None:
+    """Safe defaults: loopback is the default; say so when that is left without TLS."""
+    for kind, urls, have_tls in (
+        ("client", cfg.listen_client_urls, client_tls),
+        ("HTTP", cfg.listen_client_http_urls + cfg.listen_metrics_urls, client_tls),
+        ("peer", cfg.listen_peer_urls, peer_tls),
+    ):
+        prefix = "peer-" if kind == "peer" else ""
+        for url in urls:
+            if _tls_url(url):
+                continue
+            if have_tls:  # etcd: "scheme is HTTP while key and cert files are present"
+                log.warning("%s URL %s is plain http: the TLS certificate is not used there", kind, url)
+            if not _loopback(url):
+                log.warning(
+                    "serving %s traffic on non-loopback %s without TLS: anyone on the network can read "
+                    "and send it (use https:// with --%scert-file/--%skey-file)",
+                    kind, url, prefix, prefix,
+                )
+
+
+class _Member(KvServer):
+    """A KvServer whose peer transport gets the peer TLS settings.
+
+    KvServer.start() builds its PeerTransport itself and registers peers at
+    once, so the settings are applied as the transport is assigned."""
+
+    peer_security: dict[str, object] | None = None
+
+    @property  # type: ignore[override]
+    def transport(self):  # type: ignore[no-untyped-def]
+        try:
+            return self.__dict__["transport"]
+        except KeyError:
+            raise AttributeError("transport") from None
+
+    @transport.setter
+    def transport(self, value) -> None:  # type: ignore[no-untyped-def]
+        if self.peer_security is not None:
+            value.set_security(**self.peer_security)
+        self.__dict__["transport"] = value
+
+
+def peer_security(cfg: ServerConfig, source: CertSource | None) -> dict[str, object] | None:
+    if source is None:
+        return None
+    sec: dict[str, object] = {
+        "server_credentials": source.grpc_server_credentials(),
+        "channel_credentials": source.grpc_channel_credentials,  # re-read per connection
+    }
+    if cfg.peer_cert_allowed_cn:
+        sec["authorize_peer"] = tls.allowed_cn_check(cfg.peer_cert_allowed_cn)
+    return sec
+
+
 async def serve(cfg: ServerConfig) -> int:
-    server = KvServer(cfg)
+    # Certificates first: a bad file fails the start before anything else.
+    client_src = tls.client_source(cfg)
+    peer_src = tls.peer_source(cfg)
+    warn_plaintext(cfg, client_src is not None, peer_src is not None)
+    server = _Member(cfg)
+    server.peer_security = peer_security(cfg, peer_src)
+    grpc_creds = client_src.grpc_server_credentials() if client_src is not None else None
+    http_ssl = client_src.ssl_server_context() if client_src is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,10 +175,15 @@ async def serve(cfg: ServerConfig) -> int:
     runner: web.AppRunner | None = None
     try:
         await server.start()
+        limits.install(server)  # watch and lease limits, before the services are built
         add_services(grpc_server, server)
         for url in cfg.listen_client_urls:
             try:
-                grpc_server.add_insecure_port(grpc_address(url))
+                if _tls_url(url):
+                    assert grpc_creds is not None  # config.validate
+                    grpc_server.add_secure_port(grpc_address(url), grpc_creds)
+                else:
+                    grpc_server.add_insecure_port(grpc_address(url))
             except RuntimeError:
                 raise DataDirError(f"cannot listen on client URL {url}: address in use or unavailable") from None
         await grpc_server.start()
@@ -102,7 +192,8 @@ async def serve(cfg: ServerConfig) -> int:
         for url in cfg.listen_client_http_urls + cfg.listen_metrics_urls:
             parts = urlsplit(url)
             try:
-                await web.TCPSite(runner, parts.hostname, parts.port).start()
+                ssl_context = http_ssl if _tls_url(url) else None
+                await web.TCPSite(runner, parts.hostname, parts.port, ssl_context=ssl_context).start()
             except OSError as e:
                 raise DataDirError(f"cannot listen on HTTP URL {url}: {e.strerror}") from None
         log.info(
@@ -154,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     try:
         return asyncio.run(serve(cfg))
-    except DataDirError as e:
+    except (DataDirError, TLSError) as e:
         print(f"kvstore: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -98,6 +98,8 @@ class MemoryStorage:
             raise CompactedError(lo)
         if hi > self.last_index() + 1:
             raise UnavailableError(hi)
+        if lo >= hi:
+            return []
         return limit_size(self.ents[lo - offset : hi - offset], max_bytes)
 
     def snapshot(self) -> Snapshot:

@@ -135,11 +135,24 @@ def test_new_member_catches_up_by_snapshot() -> None:
         retry(lambda: cl.MemberAdd(rpc_pb2.MemberAddRequest(peerURLs=[fresh.peer_url], isLearner=True), timeout=10))
         fresh.start(c.initial_cluster, state="existing")
         c.wait_healthy(30, [fresh])
-        r = retry(lambda: kv(fresh).Range(rpc_pb2.RangeRequest(key=b"snap/", range_end=b"snap0"), timeout=5))
-        assert len(r.kvs) == 150
+        # A learner serves serializable reads only (as in etcd): wait until it
+        # holds everything, which it can only get from the snapshot.
+        def caught_up() -> rpc_pb2.RangeResponse:
+            r = kv(fresh).Range(rpc_pb2.RangeRequest(key=b"snap/", range_end=b"snap0", serializable=True), timeout=5)
+            if len(r.kvs) != 150:
+                raise grpc.RpcError(f"{len(r.kvs)} keys so far")
+            return r
+
+        r = retry(caught_up, timeout=30)
+        assert [x.key for x in r.kvs] == [b"snap/%03d" % i for i in range(150)]
         with open(fresh.log_path) as f:
             assert "restored state from snapshot" in f.read()
-        # Hashes agree across members at the same revision.
+        # Promoted, the former learner answers HashKV: every member's history
+        # hashes the same at the same revision.
+        fid = rpc_pb2_grpc.MaintenanceStub(grpc.insecure_channel(fresh.endpoint)).Status(
+            rpc_pb2.StatusRequest(), timeout=5).header.member_id
+        lead_cl = rpc_pb2_grpc.ClusterStub(grpc.insecure_channel(leader_of(c).endpoint))
+        retry(lambda: lead_cl.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=fid), timeout=10))
         rev = r.header.revision
         hashes = set()
         for n in c.nodes:
