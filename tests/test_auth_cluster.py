@@ -357,6 +357,37 @@ def test_stale_tokens_fail_cleanly(cluster) -> None:
         assert rpc_error(k.Range, rpc_pb2.RangeRequest(key=b"app/c"), metadata=new).details() == BAD_TOKEN
 
 
+def test_lock_and_election_services_check_their_keys(cluster) -> None:
+    from kvstore.pb import v3election_pb2, v3election_pb2_grpc, v3lock_pb2, v3lock_pb2_grpc
+
+    n = cluster.nodes[0]
+    md = token(n, ALICE)
+    lease = rpc_pb2_grpc.LeaseStub(channel(n)).LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60), metadata=md, timeout=10).ID
+    lock = v3lock_pb2_grpc.LockStub(channel(n))
+    held = lock.Lock(v3lock_pb2.LockRequest(name=b"app/lk2", lease=lease), metadata=md, timeout=10)
+    assert held.key.startswith(b"app/lk2/")
+    lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), metadata=md, timeout=10)
+    el = v3election_pb2_grpc.ElectionStub(channel(n))
+    won = el.Campaign(v3election_pb2.CampaignRequest(name=b"app/el", lease=lease, value=b"me"), metadata=md, timeout=10)
+    assert el.Leader(v3election_pb2.LeaderRequest(name=b"app/el"), metadata=md, timeout=10).kv.value == b"me"
+    el.Resign(v3election_pb2.ResignRequest(leader=won.leader), metadata=md, timeout=10)
+    for fn, req in [
+        (lock.Lock, v3lock_pb2.LockRequest(name=b"other/lk", lease=lease)),
+        (el.Campaign, v3election_pb2.CampaignRequest(name=b"other/el", lease=lease, value=b"me")),
+        (el.Leader, v3election_pb2.LeaderRequest(name=b"other/el")),
+    ]:
+        e = rpc_error(fn, req, metadata=md)
+        assert (e.code(), e.details()) == (grpc.StatusCode.UNKNOWN, DENIED), req
+    e = rpc_error(lock.Lock, v3lock_pb2.LockRequest(name=b"app/lk3", lease=lease))
+    assert (e.code(), e.details()) == (grpc.StatusCode.UNKNOWN, EMPTY)
+    # Nothing was left behind under the refused names.
+    root = token(n, ROOT)
+    r = rpc_pb2_grpc.KVStub(channel(n)).Range(
+        rpc_pb2.RangeRequest(key=b"other/", range_end=b"other0", count_only=True), metadata=root, timeout=10
+    )
+    assert r.count == 0
+
+
 def test_zz_auth_disable_restores_open_access(cluster) -> None:
     ctl = Etcdctl(cluster.endpoints)
     assert err(ctl.fail("--user", ALICE, "auth", "disable")) == f"Error: {DENIED}"

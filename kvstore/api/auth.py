@@ -20,6 +20,7 @@ in etcd).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, AsyncIterator
 
@@ -161,54 +162,80 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         auth.check_request(info, method, request)
         return info
 
-    def _wrap(self, method: str, h: Any) -> Any:
+    def unary_unary(self, method: str, inner: Any) -> Any:
+        """``inner(request, context)`` authorised as a call of ``method``."""
         s = self.s
-        if h.unary_unary is not None:
-            inner = h.unary_unary
 
-            async def unary_unary(request: Any, context: Any) -> Any:
-                auth = s.auth
-                if not auth.enabled:
-                    return await inner(request, context)
+        async def unary_unary(request: Any, context: Any) -> Any:
+            auth = s.auth
+            if not auth.enabled:
+                return await inner(request, context)
+            try:
+                info = await self._authorize(auth, method, request, context)
+            except EtcdError as e:
+                e = _styled(method, e)
+                await context.abort(e.code, e.message)
+            with auth.identity(info):
+                return await inner(request, context)
+
+        return unary_unary
+
+    def unary_stream(self, method: str, inner: Any) -> Any:
+        """The same for a server-streaming ``inner`` (an async generator)."""
+        s = self.s
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            auth = s.auth
+            info = None
+            if auth.enabled:
                 try:
                     info = await self._authorize(auth, method, request, context)
                 except EtcdError as e:
                     e = _styled(method, e)
                     await context.abort(e.code, e.message)
-                with auth.identity(info):
-                    return await inner(request, context)
+            if info is None:
+                async for item in inner(request, context):
+                    yield item
+                return
+            with auth.identity(info):
+                async for item in inner(request, context):
+                    yield item
 
+        return unary_stream
+
+    def _wrap(self, method: str, h: Any) -> Any:
+        if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer
+                self.unary_unary(method, h.unary_unary),
+                request_deserializer=h.request_deserializer,
+                response_serializer=h.response_serializer,
             )
         if h.unary_stream is not None:
-            inner_stream = h.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                auth = s.auth
-                info = None
-                if auth.enabled:
-                    try:
-                        info = await self._authorize(auth, method, request, context)
-                    except EtcdError as e:
-                        e = _styled(method, e)
-                        await context.abort(e.code, e.message)
-                if info is None:
-                    async for item in inner_stream(request, context):
-                        yield item
-                    return
-                with auth.identity(info):
-                    async for item in inner_stream(request, context):
-                        yield item
-
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer
+                self.unary_stream(method, h.unary_stream),
+                request_deserializer=h.request_deserializer,
+                response_serializer=h.response_serializer,
             )
-        if h.stream_unary is not None or h.stream_stream is not None:
-            # No such etcd call needs a check (LeaseKeepAlive, Watch are listed
-            # in UNCHECKED); run it under the caller's identity anyway.
-            return h
-        return h
+        return h  # client streams: LeaseKeepAlive and Watch (see UNCHECKED)
+
+
+def guard(server: KvServer, method: str, fn: Any) -> Any:
+    """``fn(request, context)`` (a servicer method) authorised exactly as the
+    gRPC interceptor authorises a call of ``method`` (e.g.
+    "/etcdserverpb.KV/Range"): for front ends that call the servicers
+    directly (HTTP gateway, REST API). The context needs
+    ``invocation_metadata()`` (the token under "token" or "authorization")
+    and ``abort(code, message)``. Watch and LeaseKeepAlive need no guard
+    (the Watch servicer checks each create itself)."""
+    if method in UNCHECKED:
+        return fn
+    ic: AuthInterceptor | None = getattr(server, "_auth_interceptor", None)
+    if ic is None:
+        ic = AuthInterceptor(server)
+        server._auth_interceptor = ic  # type: ignore[attr-defined]
+    if inspect.isasyncgenfunction(fn):
+        return ic.unary_stream(method, fn)
+    return ic.unary_unary(method, fn)
 
 
 def server_interceptors(server: KvServer) -> list[grpc.aio.ServerInterceptor]:
