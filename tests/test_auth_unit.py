@@ -597,3 +597,77 @@ def test_authenticate_flow_tokens_and_throttle() -> None:
             m.store.close()
 
     asyncio.run(main())
+
+
+def test_guard_authorises_direct_servicer_calls() -> None:
+    """kvstore.api.auth.guard: what the HTTP gateway and REST API wrap the
+    servicer methods with (the same code path as the gRPC interceptor)."""
+    import grpc
+
+    from kvstore.api.auth import guard
+    from kvstore.auth.tokens import secret_hash
+
+    class Aborted(Exception):
+        pass
+
+    class Ctx:
+        def __init__(self, md) -> None:
+            self.md = md
+            self.aborted = None
+
+        def invocation_metadata(self):
+            return self.md
+
+        async def abort(self, code, msg):
+            self.aborted = (code, msg)
+            raise Aborted()
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            m = Member(os.path.join(d, "kv"))
+            srv = m.auth.s
+            srv.auth = m.auth
+            srv.is_learner = lambda: False
+            barriers = []
+
+            async def read_barrier() -> None:
+                barriers.append(1)
+
+            srv.read_barrier = read_barrier
+            seen = []
+
+            async def rng(req, ctx):
+                seen.append((Auth.current(), req.serializable))
+                return "ok"
+
+            async def snap(req, ctx):
+                yield Auth.current()
+
+            g = guard(srv, "/etcdserverpb.KV/Range", rng)
+            # Disabled: straight through, no barrier, no identity.
+            assert await g(rpc_pb2.RangeRequest(key=b"b/1"), Ctx([])) == "ok"
+            assert seen.pop() == (None, False) and not barriers
+            m.run(_scenario()[:7])
+            m.auth.tokens.add(secret_hash("sec"), "u")
+            ctx = Ctx([("authorization", "sec.1")])
+            assert await g(rpc_pb2.RangeRequest(key=b"a/1"), ctx) == "ok"
+            assert seen.pop() == (AuthInfo("u"), True) and barriers  # read point taken first
+            for md, req, want in [
+                ([("token", "sec.1")], rpc_pb2.RangeRequest(key=b"b/1"), (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")),
+                ([], rpc_pb2.RangeRequest(key=b"a/1"), (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty")),
+                ([("token", "bad.1")], rpc_pb2.RangeRequest(key=b"a/1"), (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")),
+            ]:
+                ctx = Ctx(md)
+                with pytest.raises(Aborted):
+                    await g(req, ctx)
+                assert ctx.aborted == want
+            gs = guard(srv, "/etcdserverpb.Maintenance/Snapshot", snap)
+            ctx = Ctx([("token", "sec.1")])
+            with pytest.raises(Aborted):
+                [x async for x in gs(rpc_pb2.SnapshotRequest(), ctx)]
+            assert ctx.aborted == (grpc.StatusCode.UNKNOWN, "auth: permission denied")
+            m.auth.tokens.add(secret_hash("rootsec"), "root")
+            assert [x async for x in gs(rpc_pb2.SnapshotRequest(), Ctx([("token", "rootsec.1")]))] == [AuthInfo("root")]
+            m.store.close()
+
+    asyncio.run(main())
