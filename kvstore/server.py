@@ -94,19 +94,7 @@ class KvServer:
         return raft_store, kv
 
     def _bootstrap(self, raft_store: LmdbStorage) -> None:
-        """A brand-new member of a new cluster: every initial member writes the
-        same conf-change entries at term 1, so all logs agree from index 1."""
-        ents = []
-        for i, (name, urls) in enumerate(
-            sorted(self.cfg.initial_cluster.items(), key=lambda kv: self.cfg.member_id(kv[1])), 1
-        ):
-            mid = self.cfg.member_id(urls)
-            ctx = internal_pb2.InternalRequest(
-                member_update=internal_pb2.Member(id=mid, name=name, peer_urls=urls)
-            )
-            cc = ConfChange(ConfChangeType.ADD_NODE, mid, ctx.SerializeToString())
-            ents.append(Entry(1, i, EntryType.CONF_CHANGE, cc.encode()))
-        raft_store.save(HardState(term=1, vote=NONE, commit=len(ents)), ents, None, True)
+        bootstrap_log(self.cfg, raft_store)
 
     async def start(self) -> None:
         raft_store, self.store = self._open_storage()
@@ -382,6 +370,19 @@ class KvServer:
                 f"memberID:{a.memberID} alarm:{rpc_pb2.AlarmType.Name(a.alarm)} " for a in self.applier.alarms.alarms
             ],
         )
+
+
+def bootstrap_log(cfg: ServerConfig, raft_store: LmdbStorage) -> None:
+    """A brand-new member of a new cluster (also ``kvctl snapshot restore``):
+    every initial member writes the same conf-change entries at term 1, so
+    all logs agree from index 1."""
+    ents = []
+    for i, (name, urls) in enumerate(sorted(cfg.initial_cluster.items(), key=lambda kv: cfg.member_id(kv[1])), 1):
+        mid = cfg.member_id(urls)
+        ctx = internal_pb2.InternalRequest(member_update=internal_pb2.Member(id=mid, name=name, peer_urls=urls))
+        cc = ConfChange(ConfChangeType.ADD_NODE, mid, ctx.SerializeToString())
+        ents.append(Entry(1, i, EntryType.CONF_CHANGE, cc.encode()))
+    raft_store.save(HardState(term=1, vote=NONE, commit=len(ents)), ents, None, True)
 
 
 def remove_data_dir(path: str) -> None:
