@@ -43,6 +43,23 @@ class ServerConfig:
     max_txn_ops: int = 128
     log_level: str = "info"
     log_format: str = "text"
+    # Client TLS (gRPC and HTTP listeners), as etcd's flags.
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    auto_tls: bool = False
+    # Peer TLS.
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    peer_auto_tls: bool = False
+    peer_cert_allowed_cn: str = ""
+    self_signed_cert_validity: int = 1  # years, for --auto-tls / --peer-auto-tls
+    # Resource limits.
+    max_watches_per_stream: int = 10_000
+    max_leases: int = 1_000_000
 
     @property
     def election_ticks(self) -> int:
@@ -66,7 +83,7 @@ def member_id(peer_urls: Sequence[str], token: str) -> int:
     return _hash64("\n".join(sorted(peer_urls)).encode() + b"\n" + token.encode())
 
 
-# name, type, help. Types: str, int, urls, choice:<a|b>, cluster
+# name, type, help. Types: str, int, bool, urls, choice:<a|b>, cluster
 _FLAGS: list[tuple[str, str, str]] = [
     ("name", "str", "human-readable name for this member"),
     ("data-dir", "str", "path to the data directory (default: ./<name>.kvstore)"),
@@ -87,7 +104,24 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("max-txn-ops", "int", "maximum number of operations per transaction"),
     ("log-level", "choice:debug|info|warn|error", "log level"),
     ("log-format", "choice:text|json", "log line format"),
+    ("cert-file", "str", "client server TLS certificate file (PEM)"),
+    ("key-file", "str", "client server TLS key file (PEM, unencrypted)"),
+    ("trusted-ca-file", "str", "CA bundle that client certificates must be signed by"),
+    ("client-cert-auth", "bool", "require a client certificate signed by --trusted-ca-file"),
+    ("auto-tls", "bool", "client TLS with a generated self-signed certificate (development only)"),
+    ("peer-cert-file", "str", "peer server/client TLS certificate file (PEM)"),
+    ("peer-key-file", "str", "peer server/client TLS key file (PEM, unencrypted)"),
+    ("peer-trusted-ca-file", "str", "CA bundle for peer certificates"),
+    ("peer-client-cert-auth", "bool", "require a peer client certificate signed by --peer-trusted-ca-file"),
+    ("peer-auto-tls", "bool", "peer TLS with generated certificates (development only)"),
+    ("peer-cert-allowed-cn", "str", "refuse peers whose client certificate common name differs"),
+    ("self-signed-cert-validity", "int", "validity in years of --auto-tls/--peer-auto-tls certificates"),
+    ("max-watches-per-stream", "int", "maximum number of watches on one Watch stream (0 = no limit)"),
+    ("max-leases", "int", "maximum number of leases granted at once (0 = no limit)"),
 ]
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 def env_var(flag: str) -> str:
@@ -147,6 +181,13 @@ def _convert(flag: str, kind: str, value: str) -> object:
         if v < 0:
             raise ConfigError(f"--{flag}: must not be negative")
         return v
+    if kind == "bool":
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ConfigError(f"--{flag}: expected true or false, got {value!r}")
     if kind == "urls":
         return _parse_urls(flag, value)
     if kind == "cluster":
@@ -168,8 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="kvstore: a distributed key-value configuration store (etcd v3 API). "
         "Every flag can also be set with KVSTORE_<FLAG> (e.g. KVSTORE_NAME).",
     )
-    for flag, _kind, help_ in _FLAGS:
-        p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), default=None, help=help_)
+    for flag, kind, help_ in _FLAGS:
+        if kind == "bool":  # etcd's form: --flag, --flag=true, --flag=false
+            p.add_argument(
+                f"--{flag}", dest=flag.replace("-", "_"), default=None, nargs="?", const="true", help=help_
+            )
+        else:
+            p.add_argument(f"--{flag}", dest=flag.replace("-", "_"), default=None, help=help_)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -229,3 +275,41 @@ def validate(cfg: ServerConfig) -> None:
         raise ConfigError("--max-txn-ops must be positive")
     if cfg.snapshot_count <= 0:
         raise ConfigError("--snapshot-count must be positive")
+    _validate_tls(cfg)
+
+
+def _validate_tls(cfg: ServerConfig) -> None:
+    """Flag combinations only; the files themselves are read by kvstore.tls."""
+    for prefix in ("", "peer-"):
+        attr = prefix.replace("-", "_")
+        cert, key = getattr(cfg, attr + "cert_file"), getattr(cfg, attr + "key_file")
+        if bool(cert) != bool(key):
+            raise ConfigError(f"--{prefix}cert-file and --{prefix}key-file must be given together")
+        if getattr(cfg, attr + "client_cert_auth") and not getattr(cfg, attr + "trusted_ca_file"):
+            if not (prefix and cfg.peer_auto_tls and not cert):
+                raise ConfigError(f"--{prefix}client-cert-auth needs --{prefix}trusted-ca-file")
+    if cfg.peer_cert_allowed_cn and not cfg.peer_client_cert_auth:
+        raise ConfigError("--peer-cert-allowed-cn needs --peer-client-cert-auth (peers must present a certificate)")
+    if cfg.self_signed_cert_validity <= 0:
+        raise ConfigError("--self-signed-cert-validity must be positive")
+    client_tls = bool(cfg.cert_file) or cfg.auto_tls
+    for flag, urls in (
+        ("listen-client-urls", cfg.listen_client_urls),
+        ("listen-client-http-urls", cfg.listen_client_http_urls),
+        ("listen-metrics-urls", cfg.listen_metrics_urls),
+    ):
+        for u in urls:
+            if urlsplit(u).scheme in ("https", "unixs") and not client_tls:
+                raise ConfigError(f"--{flag}: {u} needs --cert-file/--key-file or --auto-tls")
+    peer_tls = bool(cfg.peer_cert_file) or cfg.peer_auto_tls
+    for u in cfg.listen_peer_urls:
+        if urlsplit(u).scheme == "https" and not peer_tls:
+            raise ConfigError(f"--listen-peer-urls: {u} needs --peer-cert-file/--peer-key-file or --peer-auto-tls")
+    if not peer_tls:
+        for name, urls in cfg.initial_cluster.items():
+            for u in urls:
+                if urlsplit(u).scheme == "https":
+                    raise ConfigError(
+                        f"--initial-cluster: {name}={u} is https: give --peer-cert-file/--peer-key-file "
+                        "(and --peer-trusted-ca-file) or --peer-auto-tls"
+                    )

@@ -252,6 +252,21 @@ class PeerTransport:
         self.listen_urls: list[str] = []  # as served (port 0 resolved)
         self._md_base = ((MD_CLUSTER, str(cluster_id)), (MD_FROM, str(node_id)))
 
+    def set_security(
+        self,
+        *,
+        server_credentials: grpc.ServerCredentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
+        authorize_peer: Callable[[grpc.aio.ServicerContext], str | None] | None = None,
+    ) -> None:
+        """The constructor's TLS arguments, for an owner that did not build the
+        transport itself. Only before ``start()`` and the first ``set_peer()``."""
+        if self._server is not None or self._peers:
+            raise RuntimeError("set_security() after start() or set_peer()")
+        self._server_credentials = server_credentials
+        self._channel_credentials = channel_credentials
+        self._authorize_peer = authorize_peer
+
     # ------------------------------------------------------------- lifecycle
     async def start(self, listen_urls: list[str]) -> None:
         """Serve the peer service on ``listen_urls`` (port 0 picks a free port;
