@@ -541,6 +541,13 @@ TARGETED = {
         _watch(("key", "a"), 1, 3),
         _range(("key", "a"), revision=("rel", 1)),
     ],
+    "limits": [
+        _put("big", b"x" * (1536 * 1024 + 100)),  # over --max-request-bytes, under gRPC's limit
+        _put("ok", b"x" * (1024 * 1024)),
+        {"op": "txn", "compare": [], "success": [_put(f"k{i}") for i in range(129)], "failure": []},
+        {"op": "txn", "compare": [], "success": [_put(f"k{i}") for i in range(128)], "failure": []},
+        _range(("all",), count_only=True),
+    ],
     "txn_compares_every_target": [
         {"op": "lease_grant", "lease": 0, "ttl": 3600},
         _put("a", b"v", lease=0), _put("b", b"w"),
