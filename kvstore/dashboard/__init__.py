@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from importlib import resources
 from typing import Any
 
@@ -68,6 +69,9 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
         if entry.is_file() and ext in CONTENT_TYPES:
             out[name] = (entry.read_bytes(), CONTENT_TYPES[ext])
     return out
+
+
+_ALARM_TEXT = re.compile(r"memberID:(\d+) alarm:(\w+)")  # a Status error, as etcd writes it
 
 
 def _hex(n: int) -> str:
@@ -131,17 +135,22 @@ class Dashboard:
             ml = await call(self.s, CLUSTER, "MemberList", rpc_pb2.MemberListRequest(), md)
         except CallAborted as e:
             return _error(e)
+        remote_md = _token_metadata(request)
+        statuses = await asyncio.gather(*(self._status(m, md, remote_md) for m in ml.members))
+        by_member: dict[int, list[str]] = {}
         try:
             alarms = (await call(self.s, MAINTENANCE, "Alarm",
                                  rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), md)).alarms
+            for a in alarms:
+                by_member.setdefault(a.memberID, []).append(rpc_pb2.AlarmType.Name(a.alarm))
         except CallAborted as e:
+            # Not allowed to list them (auth): every Status carries them too.
             log.debug("dashboard: alarm list: %r", e)
-            alarms = []
-        by_member: dict[int, list[str]] = {}
-        for a in alarms:
-            by_member.setdefault(a.memberID, []).append(rpc_pb2.AlarmType.Name(a.alarm))
-        remote_md = _token_metadata(request)
-        statuses = await asyncio.gather(*(self._status(m, md, remote_md) for m in ml.members))
+            for st, _ in statuses:
+                for text in (st or {}).get("errors", ()):
+                    found = _ALARM_TEXT.search(text)
+                    if found and found.group(2) not in by_member.get(int(found.group(1)), []):
+                        by_member.setdefault(int(found.group(1)), []).append(found.group(2))
         out = []
         for m, (st, err) in zip(ml.members, statuses):
             out.append({

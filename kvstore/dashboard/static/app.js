@@ -463,6 +463,8 @@
             ", or deleted). Close, and edit the reloaded value."
           : "The key already exists.";
         if (editing) reloadKeys();
+      } else if (isAuthError(e.status, e.message)) {
+        $("#edit-error").textContent = "Not allowed (" + e.message + "): sign in, then save again.";
       } else {
         $("#edit-error").textContent = e.message;
       }
