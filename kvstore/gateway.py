@@ -35,9 +35,12 @@ Deliberate differences: a malformed first message of a stream is a 400
 (code 3) where etcd answers 500 (code 2); bytes fields must be valid base64
 (the Python protobuf parser alone would accept garbage); a body larger than
 twice --max-request-bytes + 512 KiB is refused with 413 (code 8) without
-being read. Paths of services this server does not implement (Auth, until
-it exists) answer 501, code 12, as etcd's gateway does for an unknown gRPC
-service.
+being read. A path whose service this server does not register answers
+501, code 12, as etcd's gateway does for an unknown gRPC service.
+
+Authentication: the ``Authorization`` header carries the token from
+``/v3/auth/authenticate`` (as with etcd); each call is authorised by
+``kvstore.api.auth.guard`` exactly as the gRPC interceptor authorises it.
 """
 from __future__ import annotations
 
@@ -224,6 +227,9 @@ class CallContext:
     def peer(self) -> str:
         return "http"
 
+    def auth_context(self) -> dict[str, Any]:
+        return {}  # no TLS identity: an HTTP caller authenticates with a token
+
     def time_remaining(self) -> float | None:
         return None
 
@@ -239,8 +245,10 @@ class CallContext:
 
 def http_metadata(request: web.Request) -> list[tuple[str, str]]:
     """gRPC metadata from HTTP headers, as grpc-gateway forwards them:
-    ``Authorization`` (etcd reads it as the auth token) and ``Grpc-Metadata-*``."""
-    md = []
+    ``Authorization`` (etcd reads it as the auth token: the bare token, as
+    returned by /v3/auth/authenticate), ``Grpc-Metadata-*``, and
+    ``grpcgateway-accept`` (marks a gateway call)."""
+    md = [("grpcgateway-accept", request.headers.get("Accept", "*/*"))]
     for k, v in request.headers.items():
         lk = k.lower()
         if lk == "authorization":
@@ -266,13 +274,16 @@ class Method:
         self.server_streaming = desc.server_streaming
 
     def handler(self, server: Any) -> Callable[..., Any]:
+        """The servicer method, authorised as the gRPC interceptor authorises
+        the same call (kvstore.api.auth.guard)."""
         from .api import servicers
+        from .api.auth import guard
 
         svc = servicers(server).get(self.service)
         fn = getattr(svc, self.name, None) if svc is not None else None
         if fn is None:
             raise CallAborted(grpc.StatusCode.UNIMPLEMENTED, f"unknown service {self.service}")
-        return fn
+        return guard(server, f"/{self.service}/{self.name}", fn)
 
 
 _METHODS: dict[tuple[str, str], Method] = {}
@@ -495,8 +506,8 @@ class Gateway:
                 if m.client_streaming or m.server_streaming:
                     out.append(web.get(prefix + path, self._ws_handler(m), allow_head=False))
         for prefix in PREFIXES:
-            out.append(web.options(prefix + "{tail:.*}", self._options))
-            out.append(web.route("*", prefix + "{tail:.*}", self._not_found))
+            out.append(web.options(prefix + r"{tail:[\s\S]*}", self._options))
+            out.append(web.route("*", prefix + r"{tail:[\s\S]*}", self._not_found))
         return out
 
     async def _options(self, request: web.Request) -> web.Response:

@@ -58,9 +58,13 @@ and linearizability are etcd's. The endpoints (also in ``OPENAPI``, served at
     ``{"error", "code": 410, "compact_revision"}`` is sent and the stream
     ends (resume by re-reading the keys, then watching from that revision).
 
+Authentication (while etcd-style auth is enabled): ``Authorization: <token>``
+with the token from ``POST /v3/auth/authenticate``, as etcd's gateway takes
+it; the servicers check every call as they check gRPC calls, and the watch
+endpoints check READ on their range like a Watch create.
+
 Errors are ``{"error": message, "code": http_status}``: 400 bad input,
-401/403 (authentication/permission errors from the servicers, with the
-``Authorization`` header passed on as etcd's token), 404 no such key,
+401 no or invalid credentials, 403 permission denied, 404 no such key,
 409 the request conflicts with the store (unknown lease), 410 revision
 compacted, 412 precondition failed, 413 too large, 429 too many requests,
 503 no leader, timeout or database space exceeded (NOSPACE alarm).
@@ -114,10 +118,19 @@ class RestError(Exception):
                             headers=headers)
 
 
+# Refusals for want of (valid) credentials while auth is enabled: 401.
+_NO_CREDENTIALS = frozenset({
+    errors.USER_EMPTY.message, errors.INVALID_AUTH_TOKEN.message, errors.AUTH_FAILED.message,
+    "etcdserver: auth token is expired",
+})
+
+
 def from_abort(e: CallAborted) -> RestError:
     """The REST status of a gRPC status a servicer ended with."""
     code, msg = e.code, e.details
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if msg in _NO_CREDENTIALS:
+        status = 401
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
         status = 413 if msg == errors.REQUEST_TOO_LARGE.message else 400
     elif code == grpc.StatusCode.OUT_OF_RANGE:
         status = 410 if msg == errors.COMPACTED.message else 400
@@ -128,7 +141,7 @@ def from_abort(e: CallAborted) -> RestError:
         status = 503 if msg == errors.NO_SPACE.message else 429
     elif code == grpc.StatusCode.UNAVAILABLE:
         status = 503
-    elif code == grpc.StatusCode.UNAUTHENTICATED:
+    elif code == grpc.StatusCode.UNAUTHENTICATED or msg in _NO_CREDENTIALS:
         status = 401
     elif code == grpc.StatusCode.PERMISSION_DENIED:
         status = 403
@@ -290,10 +303,10 @@ class Rest:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/kv/{key:.*}", self._wrap(self.get)),
-            web.put("/kv/{key:.*}", self._wrap(self.put)),
-            web.delete("/kv/{key:.*}", self._wrap(self.delete)),
-            web.get("/watch/{key:.*}", self._wrap(self.watch)),
+            web.get(r"/kv/{key:[\s\S]*}", self._wrap(self.get)),
+            web.put(r"/kv/{key:[\s\S]*}", self._wrap(self.put)),
+            web.delete(r"/kv/{key:[\s\S]*}", self._wrap(self.delete)),
+            web.get(r"/watch/{key:[\s\S]*}", self._wrap(self.watch)),
             web.get("/openapi.json", self.openapi),
         ]
 
@@ -388,12 +401,24 @@ class Rest:
         """A blocking query on the watch hub: waits for the first change after
         ``wait`` (or the timeout), then answers the current state."""
         start, end = _range_of(key, prefix)
+        await self._check_read(request, start, end)
         await run_until_disconnected(request, self._first_change(start, end, wait, timeout))
         if request.transport is None:
             raise ConnectionResetError("client gone")
         if prefix:
             return await self._list(request, key, 0, serializable)
         return await self._get_one(request, key, 0, serializable)
+
+    async def _check_read(self, request: web.Request, key: bytes, end: bytes) -> None:
+        """While auth is enabled, the caller needs READ on the watched range
+        (the hub is not behind a servicer: the same check as a Watch create)."""
+        auth = getattr(self.s, "auth", None)
+        if auth is None or not auth.enabled:
+            return
+        info = await auth.resolve(request.headers.get("Authorization") or None)
+        err = auth.watch_error(info, rpc_pb2.WatchCreateRequest(key=key, range_end=end))
+        if err is not None:
+            raise err
 
     async def _first_change(self, key: bytes, end: bytes, wait: int, timeout: float) -> bool:
         """Whether [key, end) changed after revision ``wait`` within ``timeout``
@@ -569,9 +594,10 @@ class Rest:
             if n < 0 or n >= MAX_INT64:
                 raise RestError(400, f"invalid Last-Event-ID {last_id!r}")
             start = n + 1
+        k, end = _range_of(key, not exact)
+        await self._check_read(request, k, end)
         if start == 0 and not serializable:
             await self.s.read_barrier()  # "from now" means after every acknowledged write
-        k, end = _range_of(key, not exact)
         hub = hub_for(self.s)
         stream = hub.open_stream()
         try:
@@ -665,6 +691,7 @@ def _q(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _FLAG = {"type": "string", "enum": ["", "true", "false", "1", "0"]}
 _NONNEG = {"type": "integer", "minimum": 0, "maximum": MAX_INT64}
+_IF_MATCH = {"type": "string", "pattern": '^(\\*|(W/)?"?[0-9]{1,18}"?)$'}
 _KEY_PARAM = {
     "name": "key", "in": "path", "required": True,
     "description": "the key (percent-encoded; may contain /)",
@@ -701,7 +728,8 @@ OPENAPI: dict[str, Any] = {
                        {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m)?$"}),
                     _q("serializable", "read this member's state without a linearizable read barrier", _FLAG),
                     {"name": "If-None-Match", "in": "header", "required": False,
-                     "description": "304 if the key's ETag matches", "schema": {"type": "string"}},
+                     "description": "304 if the key's ETag matches (entity tags, comma-separated, or *)",
+                     "schema": {"type": "string", "pattern": '^(\\*|(W/)?"?[0-9]{1,18}"?( *, *(W/)?"?[0-9]{1,18}"?)*)$'}},
                 ],
                 "responses": {
                     "200": {
@@ -729,9 +757,9 @@ OPENAPI: dict[str, Any] = {
                        {"type": "integer", "minimum": 1, "maximum": MAX_INT64}),
                     {"name": "If-Match", "in": "header", "required": False,
                      "description": "write only if the key's mod_revision is this (or * : if it exists)",
-                     "schema": {"type": "string"}},
+                     "schema": _IF_MATCH},
                     {"name": "If-None-Match", "in": "header", "required": False,
-                     "description": "* : write only if the key does not exist", "schema": {"type": "string"}},
+                     "description": "* : write only if the key does not exist", "schema": {"type": "string", "enum": ["*"]}},
                 ],
                 "requestBody": {
                     "required": False,
@@ -754,9 +782,9 @@ OPENAPI: dict[str, Any] = {
                     _q("prefix", "delete every key under the prefix", _FLAG),
                     {"name": "If-Match", "in": "header", "required": False,
                      "description": "delete only if the key's mod_revision is this (or * : if it exists)",
-                     "schema": {"type": "string"}},
+                     "schema": _IF_MATCH},
                     {"name": "If-None-Match", "in": "header", "required": False,
-                     "description": "* : only if the key does not exist", "schema": {"type": "string"}},
+                     "description": "* : only if the key does not exist", "schema": {"type": "string", "enum": ["*"]}},
                 ],
                 "responses": {
                     "200": {"description": "deleted", "headers": {"X-Kvstore-Revision": _KV_HEADERS["X-Kvstore-Revision"]},

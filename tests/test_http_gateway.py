@@ -36,9 +36,9 @@ def b64(s: str | bytes) -> str:
 
 
 def post(base: str, path: str, body: Any = None, raw: bytes | None = None, timeout: float = 15.0,
-         method: str = "POST") -> tuple[int, Any]:
+         method: str = "POST", headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(base + path, data=data, method=method)
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             status, text = r.status, r.read()
@@ -360,6 +360,89 @@ def test_differential_shapes_of_cluster_and_maintenance(pair: tuple[str, str]) -
         assert shape(kout) == shape(eout), (kout, eout)
 
 
+def test_differential_auth(pair: tuple[str, str]) -> None:
+    """Users, roles, enabling auth and calls with and without a token (the
+    Authorization header), on both; then the REST API's 401/403 on kvstore.
+    Runs last among the differential tests: it enables auth (and disables it
+    again)."""
+    kv, etcd = pair
+    setup = [
+        ("/v3/auth/user/list", {}),
+        ("/v3/auth/user/add", {"name": "root", "password": "rootpw"}),
+        ("/v3/auth/role/add", {"name": "root"}),
+        ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+        ("/v3/auth/user/add", {"name": "alice", "password": "alicepw"}),
+        ("/v3/auth/user/add", {"name": "alice", "password": "again"}),  # exists
+        ("/v3/auth/role/add", {"name": "reader"}),
+        ("/v3/auth/role/grant", {"name": "reader", "perm": {"permType": "READ", "key": b64("pub/"),
+                                                              "range_end": b64("pub0")}}),
+        ("/v3/auth/user/grant", {"user": "alice", "role": "reader"}),
+        ("/v3/auth/user/grant", {"user": "alice", "role": "nosuchrole"}),
+        ("/v3/auth/role/get", {"role": "reader"}),
+        ("/v3/auth/user/get", {"name": "alice"}),
+        ("/v3/auth/user/list", {}),
+        ("/v3/auth/role/list", {}),
+        ("/v3/kv/put", {"key": b64("pub/x"), "value": b64("1")}),
+        ("/v3/auth/enable", {}),
+        ("/v3/kv/range", {"key": b64("pub/x")}),  # no token
+        ("/v3/auth/authenticate", {"name": "alice", "password": "wrong"}),
+    ]
+    diffs = []
+
+    def compare(path: str, body: Any, headers: dict[str, dict[str, str]] | None = None) -> tuple[Any, Any]:
+        ks, kout = retry_post(kv, path, body) if not headers else post(kv, path, body, headers=headers[kv])
+        es, eout = retry_post(etcd, path, body) if not headers else post(etcd, path, body, headers=headers[etcd])
+        kn, en = normalise(kout), normalise(eout)
+        if isinstance(kn, dict) and isinstance(en, dict) and "token" in en:
+            kn["token"], en["token"] = bool(kn.get("token")), True
+        if ks != es or kn != en:
+            diffs.append(f"{path} {json.dumps(body)}\n  kvstore {ks} {kn}\n  etcd    {es} {en}")
+        return kout, eout
+
+    for path, body in setup:
+        compare(path, body)
+    tokens: dict[str, dict[str, dict[str, str]]] = {}
+    for user, pw in (("alice", "alicepw"), ("root", "rootpw")):
+        kout, eout = compare("/v3/auth/authenticate", {"name": user, "password": pw})
+        tokens[user] = {kv: {"Authorization": kout["token"]}, etcd: {"Authorization": eout["token"]}}
+    alice, root = tokens["alice"], tokens["root"]
+    compare("/v3/kv/range", {"key": b64("pub/x")}, alice)
+    compare("/v3/kv/range", {"key": b64("secret")}, alice)  # permission denied
+    compare("/v3/kv/put", {"key": b64("pub/y"), "value": b64("2")}, alice)  # read-only role
+    compare("/v3/auth/user/list", {}, alice)  # not root
+    compare("/v3/kv/range", {"key": b64("pub/x")}, {kv: {"Authorization": "bogus.1"},
+                                                    etcd: {"Authorization": "bogus.1"}})
+    compare("/v3/kv/put", {"key": b64("secret"), "value": b64("s")}, root)
+
+    # The REST API on the same member: 401 without a token, 403 without permission.
+    def rest(method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> int:
+        req = urllib.request.Request(kv + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            assert json.loads(e.read())["code"] == e.code
+            return e.code
+
+    statuses = [
+        rest("GET", "/kv/pub/x"),
+        rest("GET", "/kv/pub/x", alice[kv]),
+        rest("GET", "/kv/secret", alice[kv]),
+        rest("PUT", "/kv/pub/x", alice[kv], b"v"),
+        rest("GET", "/kv/pub/?prefix", alice[kv]),
+        rest("GET", "/kv/pub/x?wait=1000000&timeout=10ms", alice[kv]),
+        rest("GET", "/kv/secret?wait=1000000&timeout=10ms", alice[kv]),
+        rest("GET", "/watch/secret", alice[kv]),
+        rest("GET", "/kv/pub/x", {"Authorization": "bogus.1"}),
+        rest("PUT", "/kv/secret", root[kv], b"s2"),
+    ]
+    # The same write on etcd, so that both stores are at the same revision.
+    assert post(etcd, "/v3/kv/put", {"key": b64("secret"), "value": b64("s2")}, headers=root[etcd])[0] == 200
+    compare("/v3/auth/disable", {}, root)
+    assert statuses == [401, 200, 403, 403, 200, 200, 403, 403, 401, 200]
+    assert not diffs, "\n".join(diffs)
+
+
 def test_routes_match_the_proto_comments() -> None:
     """The gateway's table is etcd's: every "// POST /v3/..." of our protos."""
     from kvstore.gateway import ROUTES
@@ -491,10 +574,6 @@ def test_gateway_streams_and_errors_raw(cluster3: Cluster) -> None:
     assert status == 400 and out["code"] == 3
     status, out = post(base, "/v3/lease/keepalive", raw=b"[1,2]")
     assert status == 400 and out["code"] == 3
-
-    # Services this server does not implement answer as gRPC would.
-    status, out = post(base, "/v3/auth/user/list", {})
-    assert status == 501 and out["code"] == 12
 
     # CORS preflight, as etcd answers it.
     req = urllib.request.Request(base + "/v3/kv/range", method="OPTIONS")
