@@ -705,3 +705,39 @@ def test_watch_and_lease_limits() -> None:
         assert [r.canceled for r in got] == [False, False, True]
         assert got[2].cancel_reason.startswith("etcdserver: too many watches on this stream")
         assert n.alive
+
+
+# ------------------------------------------------------------- no secrets in logs
+@need_etcdctl
+def test_no_secrets_in_logs_at_debug_level(pki: PKI) -> None:
+    """Passwords, tokens and key material never reach the log, even at debug
+    level: auth enabled and used through etcdctl over mutual TLS, a failed
+    login, a certificate rotation."""
+    server = pki.pair("secrets-server", "kvstore-server")
+    alice = pki.pair("secrets-alice", "alice")
+    args = ["--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", pki.ca_file,
+            "--client-cert-auth", "--log-level", "debug"]
+    password, wrong = "S3cret-pa55word-xyzzy", "Wr0ng-pa55word-plugh"
+    with TLSCluster(1, args, client_tls=True, health_ctx=client_ctx(pki, alice)) as c:
+        c.start()
+        n = c.nodes[0]
+        ep = n.client_url
+        t = ["--cacert", pki.ca_file, "--cert", alice.cert, "--key", alice.key]
+        etcdctl(ep, *t, "user", "add", f"root:{password}")
+        etcdctl(ep, *t, "user", "grant-role", "root", "root")
+        etcdctl(ep, *t, "auth", "enable")
+        etcdctl(ep, *t, "--user", f"root:{password}", "put", "secret-key", "v")
+        assert etcdctl(ep, *t, "--user", f"root:{wrong}", "get", "secret-key", check=False).returncode != 0
+        # A token, as a client would hold it.
+        with grpc.secure_channel(n.endpoint, channel_creds(pki, alice)) as ch:
+            token = rpc_pb2_grpc.AuthStub(ch).Authenticate(
+                rpc_pb2.AuthenticateRequest(name="root", password=password), timeout=10
+            ).token
+            rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"secret-key"), metadata=(("token", token),),
+                                          timeout=10)
+        etcdctl(ep, *t, "--user", f"root:{password}", "auth", "disable")
+        text = n.log_text()
+        assert "authentication failed for user 'root'" in text  # the failed login is logged, not its password
+        assert token and token not in text
+        for secret in (password, wrong, "PRIVATE KEY", "BEGIN CERTIFICATE"):
+            assert secret not in text, secret
