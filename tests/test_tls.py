@@ -741,3 +741,32 @@ def test_no_secrets_in_logs_at_debug_level(pki: PKI) -> None:
         assert token and token not in text
         for secret in (password, wrong, "PRIVATE KEY", "BEGIN CERTIFICATE"):
             assert secret not in text, secret
+
+
+@need_etcdctl
+def test_client_certificate_common_name_is_the_user(pki: PKI) -> None:
+    """etcd's --client-cert-auth behaviour with auth enabled: no token, the
+    verified certificate's CN is the user (kvstore.tls.peer_common_name)."""
+    server = pki.pair("cn-server", "kvstore-server")
+    root = pki.pair("cn-root", "root")
+    bob = pki.pair("cn-bob", "bob")
+    args = ["--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", pki.ca_file,
+            "--client-cert-auth"]
+    with TLSCluster(1, args, client_tls=True, health_ctx=client_ctx(pki, root)) as c:
+        c.start()
+        n = c.nodes[0]
+        as_root = ["--cacert", pki.ca_file, "--cert", root.cert, "--key", root.key]
+        as_bob = ["--cacert", pki.ca_file, "--cert", bob.cert, "--key", bob.key]
+        etcdctl(n.client_url, *as_root, "user", "add", "root:rootpw")
+        etcdctl(n.client_url, *as_root, "user", "grant-role", "root", "root")
+        etcdctl(n.client_url, *as_root, "user", "add", "bob:bobpw")
+        etcdctl(n.client_url, *as_root, "auth", "enable")
+        etcdctl(n.client_url, *as_root, "put", "cn-key", "by-root")  # no --user: the CN is root
+        assert put_get(n.endpoint, channel_creds(pki, root), b"cn-key", b"grpc-root") == b"grpc-root"
+        p = etcdctl(n.client_url, *as_bob, "put", "cn-key", "by-bob", check=False)
+        assert p.returncode != 0 and "permission denied" in (p.stdout + p.stderr)
+        with grpc.secure_channel(n.endpoint, channel_creds(pki, bob)) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"cn-key"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        etcdctl(n.client_url, *as_root, "auth", "disable")
