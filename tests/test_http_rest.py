@@ -469,3 +469,49 @@ def test_openapi_document(urls: list[str]) -> None:
     assert st == 200 and doc["openapi"].startswith("3.0")
     assert set(doc["paths"]) == {"/kv/{key}", "/watch/{prefix}"}
     assert set(doc["paths"]["/kv/{key}"]) == {"get", "put", "delete"}
+
+
+def test_disconnected_watchers_are_released(urls: list[str]) -> None:
+    """A client that goes away (SSE, long-poll, gateway watch, WebSocket) leaves
+    no watcher behind: the member's watcher gauge comes back down."""
+    import re
+    import time
+
+    import aiohttp
+
+    base = urls[2]
+
+    def watchers() -> int:
+        text = http(base, "GET", "/metrics")[2].decode()
+        m = re.search(r"^etcd_debugging_mvcc_watcher_total (\S+)$", text, re.M)
+        if m is None:
+            pytest.skip("no watcher gauge in /metrics")
+        return int(float(m.group(1)))
+
+    before = watchers()
+
+    async def open_and_drop() -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            sse = await s.get(base + "/watch/gone/")
+            await sse.content.readline()
+            gw = await s.post(base + "/v3/watch", data=json.dumps({"create_request": {"key": b64("gone")}}))
+            await gw.content.readline()
+            ws = await s.ws_connect(base + "/v3/watch")
+            await ws.send_str(json.dumps({"create_request": {"key": b64("gone")}}))
+            await ws.receive()
+            poll = asyncio.ensure_future(s.get(base + "/kv/gone?wait=999999999&timeout=60s"))
+            while watchers() < before + 4:
+                await asyncio.sleep(0.05)
+            during = watchers()
+            poll.cancel()
+            await ws.close()
+            gw.close()
+            sse.close()
+            return during
+
+    during = asyncio.run(open_and_drop())
+    assert during >= before + 4
+    deadline = time.monotonic() + 30
+    while watchers() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert watchers() <= before
