@@ -802,13 +802,15 @@ class Raft:
 
     # ---------------------------------------------------------------- ReadIndex
     def _leader_read_index(self, m: Message) -> None:
-        if len(self.voters) == 1:
-            self._answer_read(m.frm, self.log.committed, m.context)
-            return
         if not self._committed_in_current_term():
             # Our commit index may lag the real one until this term's first
-            # entry commits; answer afterwards.
+            # entry commits; answer afterwards. This holds for a single voter
+            # too: after a restart its commit index can lag (the commit-only
+            # hard state is not synced) until its own new entry is durable.
             self._reads_waiting_commit.append(m)
+            return
+        if len(self.voters) == 1:
+            self._answer_read(m.frm, self.log.committed, m.context)
             return
         if self.cfg.read_only == ReadOnlyOption.LEASE_BASED:
             self._answer_read(m.frm, self.log.committed, m.context)

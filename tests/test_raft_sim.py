@@ -430,6 +430,25 @@ def test_read_waits_for_commit_in_current_term() -> None:
     assert [(rs.index, rs.request_ctx) for rs in r.ready().read_states] == [(3, b"early")]
 
 
+def test_single_voter_read_after_restart_waits_for_its_own_entry() -> None:
+    # Regression (sim seeds 2, 4, 18 of scenario "single"): a restarted single
+    # voter answered reads with its commit index from the hard state, which
+    # can lag (commit-only hard states are not synced) -- a stale read. Since
+    # the leader counts its own entries only once durable, it must wait for
+    # its new term's entry like any leader.
+    st = MemoryStorage((1,))
+    st.save(HardState(1, 1, 2), [Entry(1, 1), Entry(1, 2), Entry(1, 3)], None)  # 3 was committed
+    r = Raft(Config(1, rng=random.Random(1)), st)
+    r.campaign()
+    assert r.role == Role.LEADER
+    r.read_index(b"x")
+    rd = r.ready()
+    assert not rd.read_states
+    st.save(rd.hard_state, rd.entries, rd.snapshot)
+    r.advance(rd)
+    assert [(rs.index, rs.request_ctx) for rs in r.ready().read_states] == [(4, b"x")]
+
+
 # --------------------------------------------------------------------------
 # Leader transfer
 # --------------------------------------------------------------------------

@@ -266,9 +266,16 @@ class Sim:
         if needs_sync and not rd.must_sync:
             self.checker.fail(f"n{nid} Ready needs a sync but must_sync is False")
         if node.async_mode:
-            if self.sc.early_leader_msgs and r.role == Role.LEADER:
+            hs = rd.hard_state
+            if (
+                self.sc.early_leader_msgs
+                and r.role == Role.LEADER
+                and (hs is None or (hs.term, hs.vote) == (prev.term, prev.vote))
+            ):
                 # The driver's optimisation (Raft thesis 10.2.1): a leader's
-                # appends and heartbeats leave before its own fsync.
+                # appends and heartbeats leave before its own fsync -- but not
+                # from a Ready that changes the term or vote (a single voter's
+                # first Ready as leader): the term they carry must be durable.
                 early = [m for m in rd.messages if m.type in (MsgType.APP, MsgType.HEARTBEAT)]
                 rd.messages = [m for m in rd.messages if m.type not in (MsgType.APP, MsgType.HEARTBEAT)]
                 for m in early:

@@ -186,6 +186,21 @@ SCENARIOS: dict[str, Scenario] = {
             membership=True,
             chaos_ticks=320,
         ),
+        replace(
+            BASE,
+            name="single",
+            sizes=(1,),
+            learners=2,
+            async_ready=0.7,
+            early_leader_msgs=True,
+            drop=0.03,
+            partition_rate=0.02,
+            heal_rate=0.06,
+            crash_rate=0.03,
+            power_failure=0.01,
+            max_down=2,
+            snapshot_count=15,
+        ),
     ]
 }
 
