@@ -37,7 +37,7 @@ from tests.sim.cluster import copy_message
 # The fast simulation run (part of the normal test command).
 # --------------------------------------------------------------------------
 
-FAST_SEEDS = int(os.environ.get("RAFT_SIM_SEEDS", "40"))  # per scenario
+FAST_SEEDS = int(os.environ.get("RAFT_SIM_SEEDS", "30"))  # per scenario
 
 
 @pytest.mark.slow
