@@ -174,7 +174,10 @@ async def serve(cfg: ServerConfig) -> int:
     )
     runner: web.AppRunner | None = None
     try:
-        await server.start()
+        try:
+            await server.start()
+        except OSError as e:  # the peer listener (raft.transport): one line, not a traceback
+            raise DataDirError(e.strerror or str(e)) from None
         limits.install(server)  # watch and lease limits, before the services are built
         add_services(grpc_server, server)
         for url in cfg.listen_client_urls:
