@@ -393,7 +393,7 @@ def test_follower_read_is_forwarded_and_answered() -> None:
 
 
 def test_read_reaching_a_follower_from_another_node_is_not_misattributed() -> None:
-    # Regression (sim seed 30/chaos, 3/transfer before the fix): a follower
+    # Regression (sim seeds 43/transfer, 99/partition with the original core): a follower
     # that received another node's READ_INDEX (sent to a stale leader) forwarded
     # it as its own, so the answer went to the wrong node -- unsafe if both use
     # the same context. Now it is dropped (the asker retries), and every message
@@ -479,8 +479,8 @@ def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
 
 
 def test_transfer_asked_on_a_follower_goes_to_the_target() -> None:
-    # Regression (found with the read bug above): the forwarding follower
-    # replaced the target (carried in frm) with itself.
+    # Regression (sim seeds 2/transfer, 4/transfer with the original core):
+    # the forwarding follower replaced the target (carried in frm) with itself.
     net = Net()
     net.elect(1)
     net.rafts[3].transfer_leader(2)
@@ -595,7 +595,7 @@ def test_add_learner_catch_up_promote_and_remove_leader() -> None:
 
 
 def test_restart_with_applied_past_snapshot_keeps_membership() -> None:
-    # Regression (sim seeds 343/chaos, 366/membership at 7cc06f9^): conf
+    # Regression (sim seeds 1/chaos, 14/membership with the original core): conf
     # changes between the snapshot and Config.applied were not handed out
     # again, so a restarted node ran with its snapshot's membership.
     st = MemoryStorage((1, 2, 3))
@@ -615,7 +615,8 @@ def test_restart_with_applied_past_snapshot_keeps_membership() -> None:
 
 
 def test_conf_change_applied_after_newer_snapshot_is_ignored() -> None:
-    # Regression: a driver that steps messages while it persists a Ready may
+    # Regression (found by review; the sim's async mode rarely reaches it): a
+    # driver that steps messages while it persists a Ready (raft/node.py does) may
     # receive a snapshot before applying that Ready's conf change; the older
     # change must not overwrite the snapshot's membership.
     st = MemoryStorage((1, 2, 3))
@@ -662,7 +663,7 @@ def test_snapshot_install_for_lagging_follower() -> None:
 
 
 def test_new_member_installs_snapshot_taken_before_it_joined() -> None:
-    # Regression (sim seeds 3/membership, 10/chaos before the fix): the leader's
+    # Regression (sim seeds 8/membership, 11/membership with the original core): the leader's
     # latest snapshot predates the new member's ADD_LEARNER, so it does not
     # list the member; the member refused it, and the leader resent the same
     # snapshot every heartbeat until it happened to compact again.
