@@ -67,6 +67,7 @@ class KvServer:
         self.removed = asyncio.Event()  # set when this member was removed
         self.auth: Any = None  # kvstore.auth.Auth once started
         self.metrics = Metrics()
+        self._is_learner = False
 
     # ------------------------------------------------------------------ open
     def _open_storage(self) -> tuple[LmdbStorage, MvccStore]:
@@ -189,6 +190,8 @@ class KvServer:
             fut.set_result(res)
 
     def _on_members_changed(self, ml: members.MemberList) -> None:
+        me = members.find(ml, self.member_id)
+        self._is_learner = bool(me and me.is_learner)
         if not hasattr(self, "transport"):
             return
         present = set()
@@ -344,8 +347,8 @@ class KvServer:
 
     # ------------------------------------------------------------------ status
     def is_learner(self) -> bool:
-        m = members.find(self.applier.members, self.member_id)
-        return bool(m and m.is_learner)
+        """Cached: asked on every request (learners refuse most RPCs)."""
+        return self._is_learner
 
     def pending_proposals(self) -> int:
         return len(self._waiters)
