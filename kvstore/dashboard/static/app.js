@@ -333,12 +333,14 @@
   function keyRow(kv) {
     const label = keyLabel(kv);
     const tr = el("tr", { dataset: { key: label, modRevision: String(kv.mod_revision) } },
-      el("td", { class: "key" }, label),
+      el("td", { class: "key" }, label,
+        kv.lease && kv.lease !== "0"
+          ? el("span", { class: "badge", title: "attached to lease " + BigInt(kv.lease).toString(16) + " (hex)" }, "lease")
+          : null),
       valueCell(kv),
       el("td", { class: "num" }, String(kv.create_revision)),
       el("td", { class: "num" }, String(kv.mod_revision)),
       el("td", { class: "num" }, String(kv.version)),
-      el("td", { class: "opt mono" }, kv.lease && kv.lease !== "0" ? BigInt(kv.lease).toString(16) : "–"),
       el("td", { class: "actions" },
         el("button", { type: "button", class: "small edit", onclick: () => openEdit(kv) }, "Edit"),
         el("button", { type: "button", class: "small danger delete", onclick: (ev) => deleteKey(kv, ev.currentTarget) }, "Delete")),
@@ -363,7 +365,7 @@
       state.continueToken = body.more ? body.continue : null;
       $("#keys-more").hidden = !body.more;
       if (!tbody.children.length) {
-        tbody.append(el("tr", { class: "placeholder" }, el("td", { colspan: "7" },
+        tbody.append(el("tr", { class: "placeholder" }, el("td", { colspan: "6" },
           state.browsePrefix ? "No keys under “" + state.browsePrefix + "”." : "The store is empty.")));
       }
       seenRevision(body.revision);
@@ -380,7 +382,7 @@
       if (e.name === "AbortError") return;
       $("#keys-summary").textContent = "Listing failed: " + e.message;
       if (!more) {
-        $("#keys tbody").replaceChildren(el("tr", { class: "placeholder" }, el("td", { colspan: "7" }, e.message)));
+        $("#keys tbody").replaceChildren(el("tr", { class: "placeholder" }, el("td", { colspan: "6" }, e.message)));
         $("#keys-more").hidden = true;
       }
     } finally {
