@@ -515,3 +515,34 @@ def test_disconnected_watchers_are_released(urls: list[str]) -> None:
     while watchers() > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert watchers() <= before
+
+
+def test_nospace_and_no_leader_are_503() -> None:
+    """503 (with Retry-After) when the NOSPACE alarm is raised, and when the
+    member cannot reach a quorum."""
+    c = Cluster(1, ["--quota-backend-bytes", "200000"])
+    try:
+        c.start(timeout=60)
+        base = c.nodes[0].http_url
+        blob = bytes(range(256)) * 200  # 51 KB
+        statuses = [http(base, "PUT", f"/kv/big/{i}", blob)[0] for i in range(8)]
+        assert statuses[0] == 201 and statuses[-1] == 503
+        st, h, body = http(base, "PUT", "/kv/small", b"x")
+        assert st == 503 and js(body) == {"error": "etcdserver: mvcc: database space exceeded", "code": 503}
+        assert h["Retry-After"]
+        assert http(base, "GET", "/kv/big/0")[0] == 200  # reads still work
+    finally:
+        c.close()
+
+    c = Cluster(2)
+    try:
+        c.start(timeout=60)
+        c.nodes[1].kill()
+        base = c.nodes[0].http_url
+        st, _, body = http(base, "PUT", "/kv/q", b"x")
+        assert st == 503, body
+        st, _, body = http(base, "GET", "/kv/q")
+        assert st == 503, body
+        assert http(base, "GET", "/kv/q?serializable")[0] == 404  # a local read needs no quorum
+    finally:
+        c.close()
