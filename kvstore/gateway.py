@@ -45,7 +45,6 @@ Authentication: the ``Authorization`` header carries the token from
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
@@ -357,12 +356,14 @@ def parse(obj: Any, cls: type[Message]) -> Message:
         return cls()
     if not isinstance(obj, dict):
         raise json_format.ParseError(f"json: cannot unmarshal {type(obj).__name__} into Go value of type {cls.DESCRIPTOR.full_name}")
-    _check_base64(obj, cls.DESCRIPTOR)
     msg = cls()
     try:
+        _check_base64(obj, cls.DESCRIPTOR)
         json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
     except json_format.ParseError:
         raise
+    except RecursionError:
+        raise json_format.ParseError("exceeded max depth") from None
     except (ValueError, TypeError, AttributeError, binascii.Error) as e:
         raise json_format.ParseError(str(e)) from None
     return msg
@@ -393,6 +394,8 @@ class JsonStream:
             if text:
                 try:
                     value, end = self._decoder.raw_decode(text)
+                except RecursionError:
+                    raise ValueError("exceeded max depth") from None
                 except json.JSONDecodeError as e:
                     if self._eof:
                         raise ValueError("unexpected EOF" if _incomplete(text, e) else e.msg) from None
