@@ -114,28 +114,6 @@ def warn_plaintext(cfg: ServerConfig, client_tls: bool, peer_tls: bool) -> None:
                 )
 
 
-class _Member(KvServer):
-    """A KvServer whose peer transport gets the peer TLS settings.
-
-    KvServer.start() builds its PeerTransport itself and registers peers at
-    once, so the settings are applied as the transport is assigned."""
-
-    peer_security: dict[str, object] | None = None
-
-    @property  # type: ignore[override]
-    def transport(self):  # type: ignore[no-untyped-def]
-        try:
-            return self.__dict__["transport"]
-        except KeyError:
-            raise AttributeError("transport") from None
-
-    @transport.setter
-    def transport(self, value) -> None:  # type: ignore[no-untyped-def]
-        if self.peer_security is not None:
-            value.set_security(**self.peer_security)
-        self.__dict__["transport"] = value
-
-
 def peer_security(cfg: ServerConfig, source: CertSource | None) -> dict[str, object] | None:
     if source is None:
         return None
@@ -153,8 +131,7 @@ async def serve(cfg: ServerConfig) -> int:
     client_src = tls.client_source(cfg)
     peer_src = tls.peer_source(cfg)
     warn_plaintext(cfg, client_src is not None, peer_src is not None)
-    server = _Member(cfg)
-    server.peer_security = peer_security(cfg, peer_src)
+    server = KvServer(cfg, peer_security=peer_security(cfg, peer_src))
     grpc_creds = client_src.grpc_server_credentials() if client_src is not None else None
     http_ssl = client_src.ssl_server_context() if client_src is not None else None
     stop = asyncio.Event()

@@ -50,8 +50,9 @@ class DataDirError(Exception):
 
 
 class KvServer:
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, peer_security: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
+        self.peer_security = peer_security  # PeerTransport.set_security() arguments (TLS)
         self.cluster_id = cfg.cluster_id
         self.member_id = cfg.member_id(cfg.initial_advertise_peer_urls)
         self.member_dir = os.path.join(cfg.data_dir, "member")
@@ -129,6 +130,8 @@ class KvServer:
             on_removed=self._on_removed,
             snapshot_dir=os.path.join(self.member_dir, "snap"),
         )
+        if self.peer_security is not None:
+            self.transport.set_security(**self.peer_security)
         rcfg = RaftConfig(
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
