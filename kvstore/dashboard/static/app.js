@@ -30,6 +30,7 @@
     continueToken: null,
     loadedKeys: 0,
     watch: null,
+    loginDismissed: false,  // the user closed the sign-in form: background requests do not reopen it
   };
 
   // ------------------------------------------------------------ helpers
@@ -151,7 +152,7 @@
     if (!resp.ok) {
       const message = (body && (body.error || body.message)) || resp.statusText || "HTTP " + resp.status;
       const err = new ApiError(resp.status, message, body);
-      if (isAuthError(resp.status, message)) needLogin(message, resp.status);
+      if (isAuthError(resp.status, message)) needLogin(message, resp.status, opts.background);
       throw err;
     }
     return { body, resp };
@@ -178,10 +179,10 @@
     showAuth();
   }
 
-  function needLogin(message, status) {
+  function needLogin(message, status, background) {
     if (status === 401 && state.token) setToken("");  // expired or unknown token
     const d = $("#login-dialog");
-    if (d.open) return;
+    if (d.open || (background && state.loginDismissed)) return;
     const reason = state.token
       ? "Signed in as " + state.user + ", but: " + message + ". Sign in as a user with access."
       : "The server asks for authentication (" + message + ").";
@@ -215,6 +216,7 @@
         throw new Error((body && (body.error || body.message)) || "HTTP " + r.status);
       }
       setToken(body.token, name);
+      state.loginDismissed = false;
       $("#login-dialog").close();
       toast("Signed in as " + name);
       refreshAll();
@@ -279,7 +281,7 @@
   async function refreshMembers() {
     clearTimeout(state.memberTimer);
     try {
-      const { body } = await api("GET", "/dashboard/api/cluster");
+      const { body } = await api("GET", "/dashboard/api/cluster", { background: true });
       const tbody = $("#members tbody");
       const members = body.members.slice().sort((a, b) => (a.name || "~").localeCompare(b.name || "~") || a.id.localeCompare(b.id));
       tbody.replaceChildren(...members.map((m) => memberRow(m, body)));
@@ -312,7 +314,7 @@
 
   async function loadVersion() {
     try {
-      const { body } = await api("GET", "/version");
+      const { body } = await api("GET", "/version", { background: true });
       $("#fact-version").textContent = "kvstore " + body.kvstore + " · etcd API " + body.etcdserver;
     } catch (e) { /* shown elsewhere */ }
   }
@@ -551,7 +553,7 @@
         const body = await resp.json().catch(() => null);
         const message = (body && body.error) || "HTTP " + resp.status;
         const err = new Error(message);
-        if (isAuthError(resp.status, message)) { needLogin(message, resp.status); err.fatal = true; }
+        if (isAuthError(resp.status, message)) { needLogin(message, resp.status, true); err.fatal = true; }
         if (resp.status === 400) err.fatal = true;
         throw err;
       }
@@ -606,7 +608,7 @@
   function liveState(kind, detail) {
     const p = $("#live-state");
     p.className = "pill " + kind;
-    p.textContent = { live: "live", retry: "reconnecting", error: "stopped", stopped: "stopped" }[kind] || kind;
+    p.textContent = { live: "live", connecting: "connecting", retry: "reconnecting", error: "stopped", stopped: "stopped" }[kind] || kind;
     p.title = detail || "";
     if (kind === "error" && detail) addNote(detail);
   }
@@ -652,7 +654,8 @@
     $("#watch-toggle").textContent = "Stop";
     $("#watch-prefix").value = prefix;
     $("#live-summary").textContent = "Changes " + (prefix ? "under “" + prefix + "”" : "to every key") + ", newest first.";
-    liveState("retry", "connecting");
+    if ($("#live").children.length) addNote("Watching " + (prefix ? "“" + prefix + "”" : "every key") + " from now.");
+    liveState("connecting");
     state.watch.run();
   }
 
@@ -704,7 +707,12 @@
     $("#live-clear").addEventListener("click", () => { $("#live").replaceChildren(); trimEvents(); });
     $("#login-open").addEventListener("click", () => openLogin());
     $("#login-form").addEventListener("submit", login);
-    $("#login-cancel").addEventListener("click", () => $("#login-dialog").close());
+    $("#login-cancel").addEventListener("click", () => { state.loginDismissed = true; $("#login-dialog").close(); });
+    $("#login-dialog").addEventListener("cancel", () => { state.loginDismissed = true; });  // Escape
+    $("#watch-prefix").addEventListener("input", () => {
+      const same = state.watch && state.watch.prefix === $("#watch-prefix").value;
+      $("#watch-toggle").textContent = same ? "Stop" : "Watch";
+    });
     $("#logout").addEventListener("click", logout);
     document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshMembers(); });
 
