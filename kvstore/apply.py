@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from google.protobuf.message import DecodeError
 
+from raft import failpoints as _fp
 from raft.types import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
 
 from . import errors, members
@@ -101,6 +102,8 @@ class Applier:
         revoked: list[int] = []
         members_changed = False
         started = time.perf_counter()
+        if _fp.ENABLED:
+            _fp.inject("beforeApply")
         with self.store.write() as batch:
             for e in todo:
                 self.term = e.term
@@ -136,6 +139,8 @@ class Applier:
                 if req.member_id == self.member_id:
                     results.append((req.id, Applied(resp, err, self.store.current_revision)))
             batch.set_consistent_index(todo[-1].index)
+        if _fp.ENABLED:
+            _fp.inject("afterApply")
         if self.observe_commit is not None:
             self.observe_commit(time.perf_counter() - started)
         # Committed: now tell the rest of the server.

@@ -55,6 +55,7 @@ try:  # py-lmdb >= 3.0 ships an offline structural verifier
 except ImportError:  # pragma: no cover - older py-lmdb
     _lmdb_verify = None  # type: ignore[assignment]
 
+from . import failpoints as _fp
 from .types import (
     CompactedError,
     ConfState,
@@ -676,8 +677,10 @@ class LmdbStorage:
         env = self._env
         assert env is not None
         try:
+            if _fp.ENABLED:
+                _fp.inject("raftFsync")  # sleep: a slow disk; error: a failed fsync
             env.sync(True)
-        except lmdb.Error as e:
+        except (lmdb.Error, _fp.FailpointError) as e:
             # After a failed fsync the page cache may have dropped the dirty
             # pages (fsyncgate): retrying would report success for lost data.
             self._failed = e

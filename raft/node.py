@@ -11,9 +11,11 @@ import asyncio
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from . import failpoints as _fp
 from .core import Config, Raft
 from .storage import LogStorage, LogWriter
 from .types import (
@@ -36,6 +38,7 @@ from .types import (
 log = logging.getLogger("raft.node")
 
 _EARLY_TYPES = (MsgType.APP, MsgType.HEARTBEAT)
+FATAL_EXIT_CODE = 70  # the process exit code after a Ready that could not be persisted or applied
 
 
 class StateMachine(Protocol):
@@ -71,6 +74,10 @@ class NodeOptions:
     snapshot_count: int = 10_000  # applied entries between log compactions
     catch_up_entries: int = 5_000  # entries kept after a compaction for slow followers
     observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync (metrics)
+    # A Ready that cannot be persisted or applied (failed fsync, full log
+    # store, a state machine error) cannot be skipped: the loop stops and this
+    # is called. None: log it and exit the process, as etcd does.
+    on_fatal: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -282,6 +289,16 @@ class RaftNode:
                 # Let gRPC handlers and the transport feed the next batch.
                 await asyncio.sleep(0)
 
+    def _fatal(self, e: BaseException) -> None:
+        """A Ready could not be persisted or applied. Without this the loop
+        task ended silently and the member lived on as a zombie (healthy,
+        answering, never committing)."""
+        log.critical("raft loop stopped, this member cannot go on: %s: %s", type(e).__name__, e, exc_info=e)
+        if self.opts.on_fatal is not None:
+            self.opts.on_fatal(e)
+        else:
+            os._exit(FATAL_EXIT_CODE)
+
     def _split_messages(self, rd: Ready) -> tuple[list[Message], list[Message]]:
         """A leader's appends and heartbeats may leave before its own fsync
         (Raft thesis §10.2.1: followers write in parallel with the leader); the
@@ -329,13 +346,26 @@ class RaftNode:
             self._conf_history = [(snap.meta.index, snap.meta.conf_state)]
             self._snapshot_index = snap.meta.index
         early, late = self._split_messages(rd)
+        if _fp.ENABLED:
+            early, late = await self._send_failpoint(early), await self._send_failpoint(late)
         if early:
             self.transport.send(early)
-        await self._persist(rd)
+        try:
+            if _fp.ENABLED:
+                await self._persist_with_failpoints(rd)
+            else:
+                await self._persist(rd)
+        except Exception as e:
+            self._fatal(e)
+            raise
         if late:
             self.transport.send(late)
         if rd.committed_entries:
-            self._apply(rd.committed_entries)
+            try:
+                self._apply(rd.committed_entries)
+            except Exception as e:
+                self._fatal(e)
+                raise
         elif snap is not None and not snap.is_empty:
             self._set_applied(snap.meta.index)
         for rs in rd.read_states:
@@ -345,6 +375,24 @@ class RaftNode:
                     f.set_result(rs.index)
         self.raft.advance(rd)
         self._maybe_compact()
+
+    async def _persist_with_failpoints(self, rd: Ready) -> None:
+        """_persist between the raftBeforeSave and raftAfterSave failpoints."""
+        saves = bool(rd.entries or rd.hard_state is not None or rd.snapshot is not None)
+        if saves:
+            await _fp.ainject("raftBeforeSave")
+        await self._persist(rd)
+        if saves:
+            await _fp.ainject("raftAfterSave")
+
+    async def _send_failpoint(self, messages: list[Message]) -> list[Message]:
+        """raftBeforeLeaderSend / raftBeforeFollowerSend: delay or drop a Ready's
+        messages (a MsgSnap is kept: the transport reports its fate)."""
+        if not messages:
+            return messages
+        leader = self.raft.role == Role.LEADER
+        drop = await _fp.ainject("raftBeforeLeaderSend" if leader else "raftBeforeFollowerSend")
+        return [m for m in messages if m.type == MsgType.SNAP] if drop else messages
 
     def _describe_current_state(self, m: Message) -> None:
         """The data streamed with a MsgSnap is the live state machine, not the
