@@ -43,3 +43,9 @@ def member_add(endpoint: str, peer_urls: list[str], timeout: float = 10.0) -> in
 def member_remove(endpoint: str, member_id: int, timeout: float = 10.0) -> None:
     rpc_pb2_grpc.ClusterStub(channel(endpoint)).MemberRemove(
         rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=timeout)
+
+
+def move_leader(endpoint: str, target_id: int, timeout: float = 10.0) -> None:
+    """Maintenance.MoveLeader (must be sent to the current leader)."""
+    rpc_pb2_grpc.MaintenanceStub(channel(endpoint)).MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=target_id), timeout=timeout)

@@ -66,6 +66,9 @@ class System:
     argv: Callable[["Node", str, str], list[str]]  # node, initial cluster, state
     health_port: int
     cwd: str = REPO
+    # Environment variable that arms server failpoints (raft/failpoints.py),
+    # or None if the system has none (Debian's etcd is not built with gofail).
+    failpoints_env: str | None = None
 
     def available(self) -> str | None:
         """None if the system can run here, else the reason it can't."""
@@ -102,6 +105,7 @@ SYSTEMS: dict[str, System] = {
         lambda n, c, s: [sys.executable, "-m", "kvstore", *_common_flags(n, c, s),
                          "--listen-client-http-urls", f"http://{n.ip}:{HTTP_PORT}"],
         HTTP_PORT,
+        failpoints_env="KVSTORE_FAILPOINTS",
     ),
 }
 
@@ -294,6 +298,7 @@ class Node:
     generation: int = 0
     initial_cluster: str = ""
     state: str = "new"
+    failpoints: str = ""  # armed at the next (re)start, e.g. "raftAfterSave=5%panic"
 
     @property
     def client_url(self) -> str:
@@ -445,8 +450,16 @@ class Cluster:
         node.initial_cluster, node.state = initial, state
         argv = ["ip", "netns", "exec", node.ns, *self.system.argv(node, initial, state)]
         env = dict(os.environ, PYTHONPATH=REPO)
+        fp_env = self.system.failpoints_env
+        if fp_env is not None:
+            env.pop(fp_env, None)
+            if node.failpoints:
+                env[fp_env] = node.failpoints
+        elif node.failpoints:
+            raise RuntimeError(f"{self.system.name} has no failpoints")
         with open(node.log_path, "ab") as logf:
-            logf.write(f"\n==== {time.strftime('%H:%M:%S')} start {' '.join(argv)}\n".encode())
+            fps = f" (failpoints {node.failpoints})" if node.failpoints else ""
+            logf.write(f"\n==== {time.strftime('%H:%M:%S')} start {' '.join(argv)}{fps}\n".encode())
             logf.flush()
             # ip netns exec execs the command, so this PID is the node's own.
             node.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=self.system.cwd,
@@ -486,13 +499,39 @@ class Cluster:
                 self.kill(n)
         self.log(f"stopped {n.name}")
 
-    def restart(self, which: int | str | Node) -> None:
-        """Start a stopped node again on its data dir."""
+    def restart(self, which: int | str | Node, failpoints: str | None = None) -> None:
+        """Start a stopped node again on its data dir; ``failpoints`` (if
+        given) replaces the node's armed failpoints ("" disarms them)."""
         n = self.node(which)
         if n.alive:
             return
+        if failpoints is not None:
+            n.failpoints = failpoints
         self._spawn(n, n.initial_cluster, n.state)
-        self.log(f"restarted {n.name}")
+        self.log(f"restarted {n.name}" + (f" with failpoints {n.failpoints}" if n.failpoints else ""))
+
+    def exit_code(self, which: int | str | Node) -> int | None:
+        """The node's exit status (None while it runs or if never started)."""
+        n = self.node(which)
+        return None if n.proc is None else n.proc.poll()
+
+    def move_leader(self, which: int | str | Node, timeout: float = 10.0) -> bool:
+        """Ask the current leader to hand leadership to ``which`` (best effort)."""
+        from tests.faults import api
+        n = self.node(which)
+        try:
+            mid = self.member_ids()[n.name]
+            lead = self.leader(timeout=5)
+            if lead is None:
+                return False
+            if lead is n:
+                return True
+            api.move_leader(lead.endpoint, mid, timeout)
+        except Exception as e:
+            self.log(f"move leader to {n.name} failed: {e!r}")
+            return False
+        self.log(f"moved leader to {n.name}")
+        return True
 
     def pause(self, which: int | str | Node) -> None:
         n = self.node(which)

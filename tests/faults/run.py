@@ -34,6 +34,9 @@ class RunResult:
     faults: list[str] = field(default_factory=list)
     linearizability: str = ""
     summary: str = ""
+    injected: int = 0       # faults injected
+    lost_writes: int = 0    # acknowledged writes missing from the final history
+    elapsed: float = 0.0
 
 
 def unavailable(system: str) -> str | None:
@@ -45,14 +48,15 @@ def unavailable(system: str) -> str | None:
 
 def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis: str = "all",
         clients: int = 6, seed: int | None = None, keep: bool = False, check_timeout: float = 300,
-        stale_reads: bool = False, log: Callable[[str], None] = print) -> RunResult:
+        stale_reads: bool = False, log: Callable[[str], None] = print,
+        summary_file: str | None = None) -> RunResult:
     """Run one test and return its result (the cluster is always torn down)."""
     from tests.faults import workload as wl
     from tests.faults.nemesis import Nemesis, parse_nemeses
 
     system = system or default_system()
     seed = random.randrange(1 << 31) if seed is None else seed
-    faults = parse_nemeses(nemesis)
+    faults = parse_nemeses(nemesis, failpoints=SYSTEMS[system].failpoints_env is not None)
     rng = random.Random(seed)
     log(f"fault run: system={system} nodes={nodes} time={duration}s nemesis={','.join(faults) or 'none'} "
         f"clients={clients} seed={seed}{' STALE READS' if stale_reads else ''}")
@@ -107,19 +111,21 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
         counts = Counter(r.status for r in records)
         per_kind = Counter(f"{r.kind}:{r.status}" for r in records)
         result.counts = dict(counts)
+        result.injected = len(nem.injected)
+        result.lost_writes = sum("acknowledged write lost" in p for p in result.problems)
+        result.elapsed = elapsed
         ok_ops = counts.get("ok", 0)
         lines = [
             f"did: {len(records)} ops in {elapsed:.0f}s by {clients} clients "
             f"(ok {ok_ops}, fail {counts.get('fail', 0)}, unknown {counts.get('unknown', 0)}; "
             f"availability {ok_ops / max(1, len(records)):.1%})",
             "    by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(per_kind.items())),
-            f"    faults: {len([f for f in result.faults if f != 'healthy'])} injected: "
+            f"    faults: {len(nem.injected)} injected: "
             + "; ".join(f for f in result.faults if f != "healthy"),
             f"    revisions {start_rev}..{end_rev}, {len(reference)} events; watchers: "
             + ", ".join(f"#{w.ident} {len(w.events)} events/{w.reconnects} reconnects" for w in watchers),
             f"found: linearizability {lin.explain().splitlines()[0]}",
-            f"    acknowledged writes lost: "
-            f"{sum('acknowledged write lost' in p for p in result.problems)}; "
+            f"    acknowledged writes lost: {result.lost_writes}; "
             f"problems: {len(result.problems)}",
         ]
         lines.extend("    - " + p for p in result.problems[:15])
@@ -129,9 +135,11 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
         lines.append(f"RESULT: {'PASS' if result.ok else 'FAIL'} ({system}, {nodes} nodes, seed {seed})")
         result.summary = "\n".join(lines)
         with open(os.path.join(cluster.run_dir, "result.json"), "w") as f:
-            json.dump({"ok": result.ok, "problems": result.problems, "counts": result.counts,
-                       "faults": result.faults, "seed": seed, "system": system, "nodes": nodes}, f, indent=1)
+            json.dump(_record(result, seed, system, nodes, faults), f, indent=1)
         log(result.summary)
+        if summary_file:
+            with open(summary_file, "a") as f:
+                f.write(json.dumps(_record(result, seed, system, nodes, faults)) + "\n")
     except Exception as e:
         result.problems.append(f"run error: {e!r}")
         log(f"RESULT: ERROR {e!r}")
@@ -142,6 +150,17 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
         if keep_dir:
             log(f"run dir kept: {cluster.run_dir}")
     return result
+
+
+def _record(result: RunResult, seed: int, system: str, nodes: int, nemeses: list[str]) -> dict:
+    """The run's result.json (and --summary-file line)."""
+    ops = sum(result.counts.values())
+    return {"ok": result.ok, "system": system, "nodes": nodes, "seed": seed, "nemeses": nemeses,
+            "elapsed": round(result.elapsed, 1), "ops": ops, "counts": result.counts,
+            "availability": round(result.counts.get("ok", 0) / max(1, ops), 4),
+            "injected": result.injected, "linearizability": result.linearizability,
+            "lost_writes": result.lost_writes, "problems": result.problems, "faults": result.faults,
+            "run_dir": result.run_dir, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep the run dir even if it passes")
     p.add_argument("--check-timeout", type=float, default=300, help="linearizability search budget (s)")
+    p.add_argument("--summary-file", default=None,
+                   help="append one JSON line per run (counts, availability, checks) to this file")
     p.add_argument("--stale-reads", action="store_true",
                    help="use serializable reads: a deliberately wrong client, to see the checks fail")
     args = p.parse_args(argv)
@@ -169,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs):
         seed = args.seed + i if args.seed is not None else None
         res = run(args.system, args.time, args.nodes, args.nemesis, args.clients, seed,
-                  args.keep, args.check_timeout, args.stale_reads)
+                  args.keep, args.check_timeout, args.stale_reads, summary_file=args.summary_file)
         failed += not res.ok
     if args.runs > 1:
         print(f"{args.runs - failed} passed, {failed} failed")
