@@ -284,7 +284,7 @@ def decode_alarms(r: rpc_pb2.AlarmResponse) -> list[Alarm]:
 # -- request builders ------------------------------------------------------------------------
 
 _SORT_ORDER = {"none": 0, "ascend": 1, "descend": 2}
-_SORT_TARGET = {"key": 0, "version": 1, "create": 2, "mod": 3, "value": 4}
+_SORT_TARGET = {"key": 0, "version": 1, "create": 2, "mod": 3, "modify": 3, "value": 4}
 
 
 def range_request(

@@ -5,11 +5,13 @@ daemon threads that ``close()`` stops.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 import queue
 import threading
 import time
+import weakref
 from typing import IO, Any, Callable, Iterator, Sequence
 
 import grpc
@@ -33,6 +35,18 @@ from .txn import Compare, create_revision
 from .watchstate import FATAL_WATCH_CODES, WatchResume
 
 _END = object()
+_LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close clients left open: a gRPC channel with a connectivity
+    subscription torn down during interpreter shutdown can hang the exit."""
+    for c in list(_LIVE):
+        try:
+            c.close()
+        except Exception:
+            pass
 
 
 class Client(Operations):
@@ -54,6 +68,7 @@ class Client(Operations):
         self._closed = False
         self._children: list[Any] = []  # watches, leases, observations to stop on close
         self._watchers: dict[Endpoint, _Connectivity] = {}
+        _LIVE.add(self)
 
     # -- plumbing --------------------------------------------------------------------------
     @property

@@ -1,0 +1,1 @@
+"""kvctl: the command line (``python -m kvstore.cli`` or the ``kvctl`` script)."""
