@@ -642,10 +642,12 @@ def _follower(urls: list[str]) -> str:
 
 
 def _shape(o: Any) -> Any:
+    """Field names and JSON types; a list as the set of its items' shapes
+    (member lists come in ID order, and IDs differ)."""
     if isinstance(o, dict):
         return {k: _shape(v) for k, v in o.items()}
     if isinstance(o, list):
-        return [_shape(x) for x in o[:1]]
+        return sorted({json.dumps(_shape(x), sort_keys=True) for x in o})
     return type(o).__name__
 
 
