@@ -27,6 +27,9 @@
     its status. CMD gets KVCTL_LOCK_KEY and KVCTL_LOCK_REV (fencing token). If
     the lock is lost while CMD runs, CMD is stopped and kvctl exits with 1.
 
+On Linux a command never outlives kvctl: if kvctl dies (even by SIGKILL) the
+kernel sends CMD SIGTERM (exec) or SIGKILL (elect, lock: exclusion matters).
+
 Until the store is reachable at start, exec and render retry with back-off
 and give up after --timeout (default 30s), or never with --wait.
 """
@@ -91,19 +94,41 @@ def exit_status(rc: int | None) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-class Child:
-    """A command in its own process group (so signals reach all of it)."""
+def parent_death_signal(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send ``sig`` to the child when kvctl dies
+    (even by SIGKILL), so a command never outlives the kvctl that runs it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Callable[[str], None]) -> None:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def pre() -> None:
+        prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return pre
+
+
+class Child:
+    """A command in its own process group (so signals reach all of it),
+    sent ``death_signal`` by the kernel if kvctl dies."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Callable[[str], None],
+                 death_signal: int = signal.SIGTERM) -> None:
         self.argv = argv
         self.env = env
         self.log = log
+        self.death_signal = death_signal
         self.proc: asyncio.subprocess.Process | None = None
         self.done: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
         try:
-            self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env, process_group=0)
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, process_group=0, preexec_fn=parent_death_signal(self.death_signal))
         except FileNotFoundError:
             raise CliError(f"cannot run {self.argv[0]!r}: command not found", 127) from None
         except PermissionError:
@@ -488,7 +513,7 @@ async def run_elect(args: argparse.Namespace) -> int:
                 f"{args.child_argv[0]}")
             env = dict(os.environ, KVCTL_ELECTION_NAME=args.name, KVCTL_ELECTION_KEY=leader.key.decode(errors="replace"),
                        KVCTL_ELECTION_REV=str(leader.revision), KVCTL_LEASE_ID=f"{lease.id:x}")
-            child = Child(args.child_argv, env, log)
+            child = Child(args.child_argv, env, log, death_signal=signal.SIGKILL)
             await child.start()
             assert child.done is not None
             lost_task = asyncio.ensure_future(lease.lost.wait())
@@ -556,7 +581,7 @@ async def run_lock(args: argparse.Namespace) -> int:
         assert lock.lease is not None
         env = dict(os.environ, KVCTL_LOCK_NAME=args.name, KVCTL_LOCK_KEY=lock.key.decode(errors="replace"),
                    KVCTL_LOCK_REV=str(lock.revision), KVCTL_LEASE_ID=f"{lock.lease.id:x}")
-        child = Child(args.child_argv, env, log)
+        child = Child(args.child_argv, env, log, death_signal=signal.SIGKILL)
         await child.start()
         assert child.done is not None
         lost_task = asyncio.ensure_future(lock.lease.lost.wait())

@@ -515,6 +515,7 @@ class AsyncLock:
         self.lease: AsyncLease | None = lease
         self.key = b""
         self.revision = 0
+        self._acquired = False
 
     @property
     def lost(self) -> asyncio.Event:
@@ -523,7 +524,7 @@ class AsyncLock:
 
     @property
     def held(self) -> bool:
-        return bool(self.key) and self.lease is not None and self.lease.alive
+        return self._acquired and self.lease is not None and self.lease.alive
 
     async def acquire(self, timeout: float | None = None) -> "AsyncLock":
         dl = Deadline(timeout)
@@ -545,18 +546,19 @@ class AsyncLock:
                 await asyncio.shield(_drop_lease(lease))
             raise
         self.key, self.revision = key, kv.create_revision
+        self._acquired = True
         return self
 
     def guard(self) -> Compare:
         return create_revision(self.key) == self.revision
 
     async def release(self) -> None:
-        if not self.key:
+        if not self._acquired:
             return
         try:
             await self._c.unlock_rpc(self.key)
         finally:
-            self.key = b""
+            self._acquired = False  # key and revision stay readable (the last token held)
             if self._given_lease is None and self.lease is not None:
                 await _drop_lease(self.lease)
 

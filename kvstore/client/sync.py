@@ -631,6 +631,7 @@ class Lock:
         self.lease: Lease | None = lease
         self.key: bytes = b""
         self.revision = 0
+        self._acquired = False
 
     @property
     def lost(self) -> threading.Event:
@@ -639,7 +640,7 @@ class Lock:
 
     @property
     def held(self) -> bool:
-        return bool(self.key) and self.lease is not None and self.lease.alive
+        return self._acquired and self.lease is not None and self.lease.alive
 
     def acquire(self, timeout: float | None = None) -> "Lock":
         dl = Deadline(timeout)
@@ -664,6 +665,7 @@ class Lock:
                     lease.close()
             raise
         self.key, self.revision = key, kv.create_revision
+        self._acquired = True
         return self
 
     def guard(self) -> Compare:
@@ -671,12 +673,12 @@ class Lock:
         return create_revision(self.key) == self.revision
 
     def release(self) -> None:
-        if not self.key:
+        if not self._acquired:
             return
         try:
             self._c.unlock_rpc(self.key)
         finally:
-            self.key = b""
+            self._acquired = False  # key and revision stay readable (the last token held)
             if self._given_lease is None and self.lease is not None:
                 try:
                     self.lease.revoke()
