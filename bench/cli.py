@@ -17,10 +17,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import gotool, pyload
-from bench.cluster import REPO_ROOT, Cluster, ClusterError
-from bench.report import Result, format_table, percentile, to_json, write_chart
-from bench.workloads import DEFAULT_WORKLOADS, RANGE_KEY, VAL_SIZE, WORKLOADS, Workload
+from bench import gotool, pyload, scale
+from bench.cluster import REPO_ROOT, Cluster, ClusterError, loadavg
+from bench.report import (
+    Result,
+    format_scale_table,
+    format_table,
+    percentile,
+    to_json,
+    write_chart,
+)
+from bench.workloads import (
+    ALIASES,
+    DEFAULT_WORKLOADS,
+    RANGE_KEY,
+    VAL_SIZE,
+    WORKLOADS,
+    Workload,
+)
 
 SYSTEMS = ("etcd", "kvstore")
 
@@ -43,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workloads",
         default="default",
-        help="comma-separated workload names, 'default' or 'all' (see --list)",
+        help="comma-separated workload names, 'default' or 'all' (see --list); the scale "
+        "scenarios (mem-N, restart-N, snapshot-N, e.g. mem-100k, restart-1m) and the "
+        "aliases 'valsize' and 'scale' are opt-in",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument(
@@ -122,6 +138,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="kvstore.pb",
         help="Python package with the etcd-compatible rpc_pb2/rpc_pb2_grpc modules",
     )
+    g = p.add_argument_group("scale scenarios (mem-N, restart-N, snapshot-N)")
+    g.add_argument(
+        "--load-batch",
+        type=int,
+        default=128,
+        help="puts per txn when loading keys (default 128, etcd's --max-txn-ops)",
+    )
+    g.add_argument(
+        "--load-clients", type=int, default=16, help="txns in flight while loading (default 16)"
+    )
+    g.add_argument(
+        "--load-value-size", type=int, default=100, help="value size of the loaded keys (default 100)"
+    )
+    g.add_argument(
+        "--snapshot-count",
+        type=int,
+        default=scale.SNAPSHOT_COUNT,
+        help=f"--snapshot-count of the snapshot-N clusters (default {scale.SNAPSHOT_COUNT})",
+    )
+    g.add_argument(
+        "--scale-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a restarted or added member (default 600)",
+    )
     p.add_argument(
         "--benchmark-bin",
         default=None,
@@ -130,20 +171,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def select_workloads(spec: str) -> list[Workload]:
-    """Workloads named in ``spec`` ("default", "all" or a comma-separated list)."""
+def expand_names(spec: str) -> list[str]:
+    """Workload and scenario names in ``spec``: "default", "all" (every throughput
+    workload), or a comma-separated list of names and aliases (``valsize``, ``scale``)."""
     if spec == "default":
-        names = DEFAULT_WORKLOADS
-    elif spec == "all":
-        names = list(WORKLOADS)
-    else:
-        names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS]
+        return list(DEFAULT_WORKLOADS)
+    if spec == "all":
+        return list(WORKLOADS)
+    names: list[str] = []
+    for n in (n.strip() for n in spec.split(",")):
+        for x in ALIASES.get(n, [n] if n else []):
+            if x not in names:
+                names.append(x)
+    unknown = [n for n in names if n not in WORKLOADS and scale.parse_scenario(n) is None]
     if unknown:
         raise SystemExit(
-            f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}"
+            f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}, "
+            f"mem-N, restart-N, snapshot-N (N like 100k, 1m), {', '.join(ALIASES)}"
         )
-    return [WORKLOADS[n] for n in names]
+    return names
+
+
+def select_workloads(spec: str) -> list[Workload]:
+    """The throughput workloads named in ``spec`` (see expand_names)."""
+    return [WORKLOADS[n] for n in expand_names(spec) if n in WORKLOADS]
+
+
+def select_scenarios(spec: str) -> list[scale.Scenario]:
+    """The scale scenarios named in ``spec``, in run order (see scale.order_scenarios)."""
+    found = [scale.parse_scenario(n) for n in expand_names(spec) if n not in WORKLOADS]
+    return scale.order_scenarios([s for s in found if s is not None])
 
 
 def machine_meta(args: argparse.Namespace, gobin: Path | None) -> dict[str, Any]:
@@ -376,6 +433,17 @@ def main(argv: list[str] | None = None) -> int:
             star = "*" if w.name in DEFAULT_WORKLOADS else " "
             print(f"{star} {w.name:20s} [{tools}] {w.description}")
         print("(* = in the default set)")
+        print("\nscale scenarios (opt-in, minutes each; N = key count such as 100k, 300k, 1m):")
+        for sc in (
+            scale.Scenario("mem", 100_000),
+            scale.Scenario("mem", 1_000_000),
+            scale.Scenario("restart", 1_000_000),
+            scale.Scenario("snapshot", 100_000),
+        ):
+            print(f"  {sc.name:20s} {sc.description}")
+        print("\naliases:")
+        for a, names in ALIASES.items():
+            print(f"  {a:20s} {','.join(names)}")
         return 0
     if args.report:
         doc = json.loads(Path(args.report).read_text())
@@ -388,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not systems:
         raise SystemExit(f"--systems takes etcd and/or kvstore, got {args.systems!r}")
     workloads = select_workloads(args.workloads)
+    scenarios = select_scenarios(args.workloads)
     gobin = Path(args.benchmark_bin) if args.benchmark_bin else gotool.find_binary()
     if args.loadgen != "python" and gobin is None and any(w.go for w in workloads):
         log(
@@ -397,16 +466,48 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM/SIGHUP unwind through the finally below, so clusters are always stopped.
     def _exit(signum: int, _frame: Any) -> None:
+        scale.STOP.set()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGHUP, _exit)
 
     meta = machine_meta(args, gobin)
+    meta["loadavg_start"] = loadavg()
     commands = {"etcd": shlex.split(args.etcd_cmd), "kvstore": shlex.split(args.kvstore_cmd)}
-    clusters: dict[str, Cluster] = {}
     results: list[Result] = []
     failed_start: dict[str, str] = {}
+    if workloads:
+        rc = run_workloads(workloads, systems, commands, args, gobin, meta, results, failed_start)
+        if rc:
+            return rc
+    if scenarios:
+        meta.setdefault("systems", systems)
+        results += run_scenarios(scenarios, systems, commands, args)
+        meta["scale"] = {
+            "load_batch": args.load_batch,
+            "load_clients": args.load_clients,
+            "load_value_size": args.load_value_size,
+            "snapshot_count": args.snapshot_count,
+        }
+    meta["loadavg_end"] = loadavg()
+    meta["failed_to_start"] = failed_start
+    pending = [s for s in systems if s in failed_start]
+    return output(results, meta, pending, args)
+
+
+def run_workloads(
+    workloads: list[Workload],
+    systems: list[str],
+    commands: dict[str, list[str]],
+    args: argparse.Namespace,
+    gobin: Path | None,
+    meta: dict[str, Any],
+    results: list[Result],
+    failed_start: dict[str, str],
+) -> int:
+    """The throughput workloads, on clusters shared by all of them; appends to ``results``."""
+    clusters: dict[str, Cluster] = {}
     try:
         for s in systems:
             log(f"starting {args.nodes}-node {s} cluster: {' '.join(commands[s])}")
@@ -438,7 +539,14 @@ def main(argv: list[str] | None = None) -> int:
                 order = active if step % 2 == 0 else list(reversed(active))
                 step += 1
                 for s in order:
+                    la = loadavg()
                     r = run_one(w, clusters[s], args, gobin)
+                    r.extra["loadavg_1m"] = la[0] if la else None
+                    if w.value_size and r.status == "ok" and r.ops_per_s:
+                        r.extra["mb_per_s"] = r.ops_per_s * w.value_size / 1e6
+                        r.note = (r.note + "; " if r.note else "") + (
+                            f"{r.extra['mb_per_s']:.1f} MB/s"
+                        )
                     runs[s].append(r)
                     log(
                         f"{w.name:20s} {s:8s} {r.tool:6s} {r.status:7s} "
@@ -453,10 +561,62 @@ def main(argv: list[str] | None = None) -> int:
         for s, c in clusters.items():
             log(f"stopping {s}")
             c.stop()
+    return 0
 
-    meta["failed_to_start"] = failed_start
-    pending = [s for s in systems if s in failed_start]
-    return output(results, meta, pending, args)
+
+def run_scenarios(
+    scenarios: list[scale.Scenario],
+    systems: list[str],
+    commands: dict[str, list[str]],
+    args: argparse.Namespace,
+) -> list[Result]:
+    """The scale scenarios: every scenario on one system (its clusters kept and loaded
+    incrementally between scenarios), then on the next; each system's clusters are
+    stopped before the next system starts."""
+    out: list[Result] = []
+    for s in systems:
+        runner = scale.ScaleRunner(
+            s,
+            commands[s],
+            args.nodes,
+            args.pb,
+            value_size=args.load_value_size,
+            batch=args.load_batch,
+            clients=args.load_clients,
+            snapshot_count=args.snapshot_count,
+            timeout=args.scale_timeout,
+            log=log,
+        )
+        try:
+            for sc in scenarios:
+                log(f"{sc.name} on {s}: {sc.description}")
+                r = runner.run(sc)
+                log(
+                    f"{sc.name:20s} {s:8s} {r.status:7s} {r.elapsed_s or 0:.0f}s  "
+                    + "  ".join(f"{k}={v:.2f}" for k, v in r.metrics.items() if v is not None)
+                    + (f"  {r.note}" if r.note else "")
+                )
+                out.append(r)
+        except ClusterError as exc:
+            log(f"!! {s}: a scale cluster did not start: {exc}")
+            done = {r.workload for r in out if r.system == s}
+            out += [
+                Result(
+                    workload=sc.name,
+                    system=s,
+                    tool="-",
+                    status="failed",
+                    note=str(exc).splitlines()[0][:300],
+                    unit="",
+                    extra={"kind": sc.kind, "keys": sc.keys},
+                )
+                for sc in scenarios
+                if sc.name not in done
+            ]
+        finally:
+            log(f"stopping {s}'s scale clusters")
+            runner.close()
+    return out
 
 
 def output(
@@ -465,7 +625,17 @@ def output(
     """Print the table; write the JSON and the chart if asked."""
     print()
     print(f"{meta['nodes']}-node clusters, {meta['cores']} cores, {meta['date']}, {meta['etcd']}")
-    print(format_table(results, pending=pending, markdown=args.markdown))
+    if any(not r.is_scale for r in results) or not results:
+        print(format_table(results, pending=pending, markdown=args.markdown))
+    scale_table = format_scale_table(results, markdown=args.markdown)
+    if scale_table:
+        print()
+        print(scale_table)
+    if meta.get("loadavg_start") or meta.get("loadavg_end"):
+        print(
+            f"\nload average (1/5/15 min): start {meta.get('loadavg_start')}, "
+            f"end {meta.get('loadavg_end')}"
+        )
     for s, err in meta.get("failed_to_start", {}).items():
         lines = err.strip().splitlines()
         print(

@@ -48,6 +48,7 @@ class Member:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
 
     @property
     def client_url(self) -> str:
@@ -74,7 +75,8 @@ class Cluster:
 
     ``command`` is the server command without flags (e.g. ``["/usr/bin/etcd"]`` or
     ``[python, "-m", "kvstore"]``); kvstore members also get ``--listen-client-http-urls``
-    and are health-checked there, etcd members on their client URL.
+    and are health-checked there, etcd members on their client URL. ``extra_args`` are
+    appended to every member's flags (e.g. ``--snapshot-count 1000``).
     """
 
     system: str
@@ -82,6 +84,9 @@ class Cluster:
     command: list[str]
     members: list[Member] = field(default_factory=list)
     tmp: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    token: str = ""
+    retired: list[Member] = field(default_factory=list)  # removed members, still swept at stop
 
     def start(self, timeout: float = 30.0) -> None:
         """Start every member and wait until all answer /health with {"health": "true"}."""
@@ -90,64 +95,106 @@ class Cluster:
         if shutil.which(self.command[0]) is None and not Path(self.command[0]).exists():
             raise ClusterError(f"{self.system}: command not found: {self.command[0]}")
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.system}-"))
-        with_http = self.system != "etcd"
-        ports = free_ports(self.nodes * (3 if with_http else 2))
         for i in range(self.nodes):
-            base = i * (3 if with_http else 2)
-            name = f"n{i + 1}"
-            self.members.append(
-                Member(
-                    name=name,
-                    client_port=ports[base],
-                    peer_port=ports[base + 1],
-                    http_port=ports[base + 2] if with_http else None,
-                    data_dir=self.tmp / name,
-                    log_path=self.tmp / f"{name}.log",
-                )
-            )
-        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        token = f"bench-{self.system}-{os.getpid()}-{int(time.time())}"
+            self.members.append(self._new_member(f"n{i + 1}"))
+        initial = self.initial_cluster()
+        self.token = f"bench-{self.system}-{os.getpid()}-{int(time.time())}"
         try:
             for m in self.members:
-                args = [
-                    *self.command,
-                    "--name",
-                    m.name,
-                    "--data-dir",
-                    str(m.data_dir),
-                    "--listen-client-urls",
-                    m.client_url,
-                    "--advertise-client-urls",
-                    m.client_url,
-                    "--listen-peer-urls",
-                    m.peer_url,
-                    "--initial-advertise-peer-urls",
-                    m.peer_url,
-                    "--initial-cluster",
-                    initial,
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    token,
-                ]
-                if m.http_port is not None:
-                    args += ["--listen-client-http-urls", f"http://{HOST}:{m.http_port}"]
-                log = open(m.log_path, "wb")
-                try:
-                    m.proc = subprocess.Popen(
-                        args,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        cwd=str(REPO_ROOT),
-                        start_new_session=True,
-                    )
-                finally:
-                    log.close()
+                m.argv = self._member_argv(m, initial, "new")
+                self.spawn(m)
             self._wait_healthy(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def _new_member(self, name: str) -> Member:
+        assert self.tmp is not None
+        with_http = self.system != "etcd"
+        used = {p for m in self.members + self.retired for p in (m.client_port, m.peer_port, m.http_port)}
+        while True:  # free_ports picks distinct ports within one call only
+            ports = free_ports(3 if with_http else 2)
+            if not used.intersection(ports):
+                break
+        return Member(
+            name=name,
+            client_port=ports[0],
+            peer_port=ports[1],
+            http_port=ports[2] if with_http else None,
+            data_dir=self.tmp / name,
+            log_path=self.tmp / f"{name}.log",
+        )
+
+    def initial_cluster(self, members: list[Member] | None = None) -> str:
+        """``name=peerURL,...`` of ``members`` (default: every member)."""
+        return ",".join(f"{m.name}={m.peer_url}" for m in (members or self.members))
+
+    def _member_argv(self, m: Member, initial: str, state: str) -> list[str]:
+        args = [
+            *self.command,
+            "--name",
+            m.name,
+            "--data-dir",
+            str(m.data_dir),
+            "--listen-client-urls",
+            m.client_url,
+            "--advertise-client-urls",
+            m.client_url,
+            "--listen-peer-urls",
+            m.peer_url,
+            "--initial-advertise-peer-urls",
+            m.peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
+        ]
+        if m.http_port is not None:
+            args += ["--listen-client-http-urls", f"http://{HOST}:{m.http_port}"]
+        return args + list(self.extra_args)
+
+    def spawn(self, m: Member) -> None:
+        """Start (or restart, with the same flags and data dir) one member; its output is
+        appended to its log."""
+        log = open(m.log_path, "ab")
+        try:
+            m.proc = subprocess.Popen(
+                m.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                start_new_session=True,
+                # A Python member that crashes (SIGSEGV) leaves its stack in its log.
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+            )
+        finally:
+            log.close()
+
+    def stop_member(self, m: Member, sig: int = signal.SIGTERM, timeout: float = 60.0) -> float:
+        """Send ``sig`` to one member (its process group) and wait for it to exit (SIGKILL
+        after ``timeout`` s); returns the seconds it took to exit."""
+        assert m.proc is not None
+        t0 = time.monotonic()
+        _signal_group(m.proc.pid, sig)
+        try:
+            m.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(m.proc.pid, signal.SIGKILL)
+            m.proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+        _signal_group(m.proc.pid, signal.SIGKILL)
+        return elapsed
+
+    def add_member(self, name: str) -> Member:
+        """A new member (not started, not yet in ``members``) set up to join the running
+        cluster: ``--initial-cluster`` lists every member and it, state ``existing``. Call
+        MemberAdd with its ``peer_url`` first, then ``spawn`` it and append it to ``members``."""
+        m = self._new_member(name)
+        m.argv = self._member_argv(m, self.initial_cluster([*self.members, m]), "existing")
+        return m
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -204,11 +251,11 @@ class Cluster:
         """Stop every member (SIGTERM to its own process group, SIGKILL after ``grace`` s); remove
         the temp dir. (An etcd leader stopped together with its followers waits ~5 s for a
         leadership transfer that cannot happen; the data is thrown away, so no need to wait.)"""
-        for m in self.members:
+        for m in self.members + self.retired:
             if m.proc is not None and m.proc.poll() is None:
                 _signal_group(m.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for m in self.members:
+        for m in self.members + self.retired:
             if m.proc is None:
                 continue
             try:
@@ -285,3 +332,47 @@ def tree_rss_bytes(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def proc_status_kib(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile and RssShmem of ``pid`` from /proc/<pid>/status, in KiB
+    (empty if the process is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return out
+    return parse_proc_status(text)
+
+
+def parse_proc_status(text: str) -> dict[str, int]:
+    """The memory fields (kB) of a /proc/<pid>/status text."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[name] = int(parts[0])
+    return out
+
+
+def dir_bytes(path: Path) -> int:
+    """Disk space used by the files under ``path`` (allocated blocks, as du; 0 if missing)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages ([] if unreadable)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []

@@ -30,6 +30,12 @@ class Result:
     unit: str = "ops/s"
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Scale scenarios (bench/scale.py) put their figures here instead of ops/s and latency.
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def is_scale(self) -> bool:
+        return bool(self.metrics) or "kind" in self.extra
 
 
 def percentile(sorted_values: list[float], pct: float) -> float | None:
@@ -89,7 +95,7 @@ def table_rows(results: Iterable[Result], pending: Iterable[str] = ()) -> list[l
 
     ``pending`` lists systems to show as "pending" rows where they have no result.
     """
-    results = list(results)
+    results = [r for r in results if not r.is_scale]
     by_key = {(r.workload, r.system): r for r in results}
     order: list[str] = []
     for r in results:
@@ -167,6 +173,108 @@ def format_table(
     return "\n".join(out)
 
 
+# Scale scenarios: the figures shown per kind (metric key, label); all "lower is better"
+# except the load rate. Every metric is in the JSON.
+SCALE_METRICS: dict[str, list[tuple[str, str]]] = {
+    "mem": [
+        ("rss_max_mib", "RSS per member, max (MiB)"),
+        ("rss_mean_mib", "RSS per member, mean (MiB)"),
+        ("rss_anon_max_mib", "of which anonymous, max (MiB)"),
+        ("rss_empty_mib", "RSS before loading (MiB)"),
+        ("data_dir_mib", "data dir per member (MiB)"),
+        ("load_keys_per_sec", "load rate (keys/s, batched txns)"),
+    ],
+    "restart": [
+        ("term_stop_s", "SIGTERM: exit (s)"),
+        ("term_health_s", "SIGTERM: start to /health (s)"),
+        ("term_read_s", "SIGTERM: start to linearizable read (s)"),
+        ("kill_stop_s", "SIGKILL: exit (s)"),
+        ("kill_health_s", "SIGKILL: start to /health (s)"),
+        ("kill_read_s", "SIGKILL: start to linearizable read (s)"),
+        ("rss_after_mib", "RSS after restart (MiB)"),
+    ],
+    "snapshot": [
+        ("add_health_s", "new member: start to /health (s)"),
+        ("add_data_s", "new member: start to serving the last key (s)"),
+        ("db_mib", "DB size, Status.dbSize (MiB)"),
+        ("new_member_data_dir_mib", "new member's data dir (MiB)"),
+        ("new_member_rss_mib", "new member's RSS (MiB)"),
+    ],
+}
+
+
+def _fmt_metric(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if key.endswith("_s"):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.1f}"
+
+
+def scale_rows(results: Iterable[Result]) -> list[list[str]]:
+    """Rows of the scale table: workload, figure, etcd, kvstore, kvstore/etcd."""
+    results = [r for r in results if r.is_scale]
+    by_key = {(r.workload, r.system): r for r in results}
+    order: list[str] = []
+    for r in results:
+        if r.workload not in order:
+            order.append(r.workload)
+    rows: list[list[str]] = []
+    for w in order:
+        base, cand = by_key.get((w, BASELINE)), by_key.get((w, CANDIDATE))
+        any_r = base or cand
+        assert any_r is not None
+        kind = any_r.extra.get("kind") or w.split("-", 1)[0]
+        keys = [k for k, _ in SCALE_METRICS.get(kind, [])]
+        for r in (base, cand):
+            if r is not None:
+                keys += [k for k in r.metrics if k not in keys]
+        labels = dict(SCALE_METRICS.get(kind, []))
+        for k in keys:
+            cells = []
+            for r in (base, cand):
+                if r is None:
+                    cells.append("")
+                elif r.status != "ok":
+                    cells.append(r.status)
+                else:
+                    cells.append(_fmt_metric(k, r.metrics.get(k)))
+            rat = None
+            if base and cand and base.status == cand.status == "ok":
+                rat = ratio(cand.metrics.get(k), base.metrics.get(k))
+            rows.append([w, labels.get(k, k), cells[0], cells[1], _fmt_ratio(rat)])
+        for r in (base, cand):
+            if r is not None and r.note:
+                rows.append([w, f"note ({r.system})", r.note, "", ""])
+    return rows
+
+
+def format_scale_table(results: Iterable[Result], markdown: bool = False) -> str:
+    """The scale scenarios as a table ("" when there are none)."""
+    rows = scale_rows(results)
+    if not rows:
+        return ""
+    headers = ["scenario", "figure", BASELINE, CANDIDATE, f"{CANDIDATE}/{BASELINE}"]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|---|---|---:|---:|---:|"]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows if not r[1].startswith("note"))) for i, h in enumerate(headers)]
+    out = []
+    for cells in [headers, ["-" * w for w in widths], *rows]:
+        if cells[1].startswith("note"):
+            out.append(f"{cells[0].ljust(widths[0])}  {cells[1]}: {cells[2]}")
+            continue
+        out.append(
+            "  ".join(
+                c.rjust(widths[i]) if i >= 2 else c.ljust(widths[i]) for i, c in enumerate(cells)
+            ).rstrip()
+        )
+    return "\n".join(out)
+
+
 def to_json(results: Iterable[Result], meta: dict[str, Any]) -> str:
     """JSON document: run metadata, results, and kvstore/etcd ratios per workload."""
     results = list(results)
@@ -174,7 +282,9 @@ def to_json(results: Iterable[Result], meta: dict[str, Any]) -> str:
     ratios = {}
     for (w, s), r in by_key.items():
         base = by_key.get((w, BASELINE))
-        if s == CANDIDATE and base is not None and r.status == base.status == "ok":
+        if s == CANDIDATE and base is not None and r.status == base.status == "ok" and r.is_scale:
+            ratios[w] = {k: ratio(v, base.metrics.get(k)) for k, v in r.metrics.items()}
+        elif s == CANDIDATE and base is not None and r.status == base.status == "ok":
             ratios[w] = {
                 "ops_per_s": ratio(r.ops_per_s, base.ops_per_s),
                 "p50": ratio(r.p50_ms, base.p50_ms),

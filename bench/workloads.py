@@ -35,6 +35,7 @@ class Workload:
     go_latency: bool = True
     unit: str = "ops/s"
     needs_range_key: bool = False
+    value_size: int | None = None  # put-val-*: the value size (MB/s is shown from it)
 
     def go_args(self, total: int) -> list[str]:
         assert self.go is not None
@@ -72,6 +73,48 @@ def _put(clients: int, conns: int, total: int) -> Workload:
                 params={"val_size": VAL_SIZE, "key_space": 100000, "prefix": "bench/put/"},
             ),
         ),
+    )
+
+
+VALUE_SIZES: dict[str, int] = {"100": 100, "1k": 1024, "10k": 10 * 1024, "100k": 100 * 1024}
+
+
+def _put_val(label: str, total: int) -> Workload:
+    """Value-size sweep: put-64's shape (64 clients over 8 connections) with ``label`` values.
+    The default counts shrink with the value so one run writes at most ~200 MB (both
+    systems' default quota is 2 GiB and nothing compacts between workloads)."""
+    size = VALUE_SIZES[label]
+    return Workload(
+        name=f"put-val-{label}",
+        description=f"put, 64 clients over 8 connections, {size:,} B values (value-size sweep)",
+        go=(
+            "--clients",
+            "64",
+            "--conns",
+            "8",
+            "--precise",
+            "put",
+            "--total",
+            "{total}",
+            "--key-size",
+            "8",
+            "--key-space-size",
+            "100000",
+            "--val-size",
+            str(size),
+        ),
+        go_total=total,
+        go_min_total=640,
+        py=(
+            Group(
+                "put",
+                procs=2,
+                clients=64,
+                conns=8,
+                params={"val_size": size, "key_space": 100000, "prefix": "bench/val/"},
+            ),
+        ),
+        value_size=size,
     )
 
 
@@ -116,6 +159,10 @@ WORKLOADS: dict[str, Workload] = {
         _put(16, 4, 8000),
         _put(64, 8, 15000),
         _put(256, 16, 25000),
+        _put_val("100", 15000),
+        _put_val("1k", 15000),
+        _put_val("10k", 10000),
+        _put_val("100k", 2000),
         _range("l", 20000),
         _range("s", 30000),
         Workload(
@@ -285,3 +332,9 @@ DEFAULT_WORKLOADS: list[str] = [
     "lease-keepalive-16",
     "mixed-95r",
 ]
+
+# Names that stand for several workloads/scenarios in --workloads.
+ALIASES: dict[str, list[str]] = {
+    "valsize": ["put-val-100", "put-val-1k", "put-val-10k", "put-val-100k"],
+    "scale": ["mem-100k", "mem-1m", "restart-1m", "snapshot-100k"],
+}

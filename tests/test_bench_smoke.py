@@ -175,3 +175,161 @@ def test_go_run_sizing() -> None:
     assert go_total_for(put, 10.0, 4.0, 15000) == 640  # slow: the minimum
     watch = WORKLOADS["watch-fanout-1000"]  # 1,000 events per put
     assert go_total_for(watch, 50_000.0, 4.0, 500) == 200
+
+
+# --------------------------------------------------------------- scale scenarios, value sizes
+
+
+def test_scale_names_and_counts() -> None:
+    from bench import scale
+
+    assert scale.parse_count("100k") == 100_000
+    assert scale.parse_count("1m") == 1_000_000
+    assert scale.parse_count("1.5m") == 1_500_000
+    assert scale.parse_count("2500") == 2500
+    for bad in ("", "k", "-1", "0.5", "10x"):
+        try:
+            scale.parse_count(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+    for n in (2500, 100_000, 300_000, 1_000_000, 1_500_000):
+        assert scale.parse_count(scale.count_label(n)) == n
+    assert scale.count_label(1_000_000) == "1m" and scale.count_label(300_000) == "300k"
+    sc = scale.parse_scenario("restart-1m")
+    assert sc == scale.Scenario("restart", 1_000_000) and sc.name == "restart-1m"
+    assert scale.parse_scenario("put-64") is None
+    assert scale.parse_scenario("mem-") is None
+    assert scale.key_of(42) == b"bench/scale/000000042"
+
+
+def test_scale_run_order() -> None:
+    from bench import scale
+
+    got = scale.order_scenarios(
+        [
+            scale.Scenario("snapshot", 100_000),
+            scale.Scenario("restart", 1_000_000),
+            scale.Scenario("mem", 1_000_000),
+            scale.Scenario("mem", 100_000),
+            scale.Scenario("mem", 100_000),
+        ]
+    )
+    assert [s.name for s in got] == ["mem-100k", "mem-1m", "restart-1m", "snapshot-100k"]
+
+
+def test_selection_with_scenarios_and_aliases() -> None:
+    from bench.cli import expand_names, select_scenarios
+
+    assert [w.name for w in select_workloads("valsize")] == [
+        "put-val-100",
+        "put-val-1k",
+        "put-val-10k",
+        "put-val-100k",
+    ]
+    assert select_scenarios("default") == [] and select_scenarios("all") == []
+    mixed = "put-64,restart-1m,mem-100k"
+    assert [w.name for w in select_workloads(mixed)] == ["put-64"]
+    assert [s.name for s in select_scenarios(mixed)] == ["mem-100k", "restart-1m"]
+    assert "snapshot-100k" in expand_names("scale")
+    try:
+        expand_names("put-64,nope-1")
+    except SystemExit as exc:
+        assert "nope-1" in str(exc)
+    else:
+        raise AssertionError("unknown name accepted")
+    # The default set is untouched by the opt-in additions.
+    assert not any(n.startswith("put-val") for n in DEFAULT_WORKLOADS)
+
+
+def test_value_size_workloads() -> None:
+    sizes = {"put-val-100": 100, "put-val-1k": 1024, "put-val-10k": 10240, "put-val-100k": 102400}
+    for name, size in sizes.items():
+        w = WORKLOADS[name]
+        args = w.go_args(1000)
+        assert args[args.index("--val-size") + 1] == str(size)
+        assert w.value_size == size
+        # at most ~200 MB written per default run (2 GiB quotas, no compaction)
+        assert w.go_total * size <= 210_000_000
+
+
+def test_proc_status_and_exit_reason() -> None:
+    from bench import scale
+    from bench.cluster import parse_proc_status
+
+    text = (
+        "Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n"
+        "RssAnon:\t   700 kB\nRssFile:\t   300 kB\nRssShmem:\t  24 kB\nThreads:\t4\n"
+    )
+    assert parse_proc_status(text) == {
+        "VmHWM": 2048,
+        "VmRSS": 1024,
+        "RssAnon": 700,
+        "RssFile": 300,
+        "RssShmem": 24,
+    }
+    assert scale.exit_reason(-11) == "killed by SIGSEGV"
+    assert scale.exit_reason(1) == "exited with code 1"
+    assert scale.exit_reason(None) == "running"
+
+
+def _scale_results() -> list[report.Result]:
+    return [
+        report.Result(
+            "mem-1m",
+            "etcd",
+            "-",
+            unit="",
+            extra={"kind": "mem"},
+            metrics={"rss_max_mib": 500.0, "load_keys_per_sec": 20000.0},
+            note="RSS MiB per member: 500 / 490 / 480",
+        ),
+        report.Result(
+            "mem-1m",
+            "kvstore",
+            "-",
+            unit="",
+            extra={"kind": "mem"},
+            metrics={"rss_max_mib": 750.0, "load_keys_per_sec": 10000.0},
+        ),
+        report.Result(
+            "restart-1m", "etcd", "-", unit="", extra={"kind": "restart"}, metrics={"term_read_s": 2.0}
+        ),
+        report.Result(
+            "restart-1m",
+            "kvstore",
+            "-",
+            status="failed",
+            unit="",
+            extra={"kind": "restart"},
+            note="n1 killed by SIGSEGV",
+        ),
+        report.Result("put-val-1k", "etcd", "go", ops_per_s=2000.0, p50_ms=5.0, p99_ms=20.0),
+    ]
+
+
+def test_scale_table_and_json() -> None:
+    results = _scale_results()
+    rows = report.scale_rows(results)
+    rss = next(r for r in rows if r[0] == "mem-1m" and r[1].startswith("RSS per member, max"))
+    assert rss[2:] == ["500", "750", "1.50x"]
+    rate = next(r for r in rows if r[0] == "mem-1m" and r[1].startswith("load rate"))
+    assert rate[2:] == ["20,000", "10,000", "0.50x"]
+    term = next(r for r in rows if r[0] == "restart-1m" and "linearizable" in r[1] and "SIGTERM" in r[1])
+    assert term[2:] == ["2.00", "failed", "-"]
+    assert any(r[1] == "note (kvstore)" and "SIGSEGV" in r[2] for r in rows)
+    text = report.format_scale_table(results)
+    assert text.splitlines()[0].split() == ["scenario", "figure", "etcd", "kvstore", "kvstore/etcd"]
+    assert "note (etcd): RSS MiB per member" in text
+    md = report.format_scale_table(results, markdown=True)
+    assert md.startswith("| scenario | figure |") and "| 1.50x |" in md
+    assert report.format_scale_table(results[-1:]) == ""
+    # the throughput table leaves the scale rows out
+    table = report.format_table(results)
+    assert "mem-1m" not in table and "put-val-1k" in table
+    doc = json.loads(report.to_json(results, {"nodes": 3}))
+    assert doc["ratios_kvstore_over_etcd"]["mem-1m"]["rss_max_mib"] == 1.5
+    assert "restart-1m" not in doc["ratios_kvstore_over_etcd"]
+    again = [report.Result(**r) for r in doc["results"]]  # --report reads this back
+    assert report.scale_rows(again) == rows
