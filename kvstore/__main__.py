@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import __version__, limits, tls
 from .api import add_services, server_interceptors
-from .config import ConfigError, ServerConfig, parse
+from .config import ConfigError, ServerConfig, grpc_target, parse
 from .http import build_app
 from .server import DataDirError, KvServer
 from .tls import CertSource, TLSError
@@ -64,16 +64,6 @@ def setup_logging(cfg: ServerConfig) -> None:
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("grpc").setLevel(max(level, logging.INFO))
-
-
-def grpc_address(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme.startswith("unix"):
-        return f"unix:{parts.path}"
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port}"
 
 
 def _tls_url(url: str) -> bool:
@@ -131,7 +121,7 @@ async def serve(cfg: ServerConfig) -> int:
     client_src = tls.client_source(cfg)
     peer_src = tls.peer_source(cfg)
     warn_plaintext(cfg, client_src is not None, peer_src is not None)
-    server = KvServer(cfg, peer_security=peer_security(cfg, peer_src))
+    server = KvServer(cfg, peer_security=peer_security(cfg, peer_src), client_tls=client_src)
     grpc_creds = client_src.grpc_server_credentials() if client_src is not None else None
     http_ssl = client_src.ssl_server_context() if client_src is not None else None
     stop = asyncio.Event()
@@ -161,9 +151,9 @@ async def serve(cfg: ServerConfig) -> int:
             try:
                 if _tls_url(url):
                     assert grpc_creds is not None  # config.validate
-                    grpc_server.add_secure_port(grpc_address(url), grpc_creds)
+                    grpc_server.add_secure_port(grpc_target(url), grpc_creds)
                 else:
-                    grpc_server.add_insecure_port(grpc_address(url))
+                    grpc_server.add_insecure_port(grpc_target(url))
             except RuntimeError:
                 raise DataDirError(f"cannot listen on client URL {url}: address in use or unavailable") from None
         await grpc_server.start()

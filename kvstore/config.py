@@ -154,6 +154,17 @@ def check_url(flag: str, url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def grpc_target(url: str) -> str:
+    """host:port (or unix:path) for gRPC from a client or peer URL."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("unix"):
+        return f"unix:{parts.path or parts.netloc}"
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port or 2379}"
+
+
 def _parse_cluster(value: str) -> dict[str, list[str]]:
     cluster: dict[str, list[str]] = {}
     for item in value.split(","):

@@ -421,16 +421,6 @@ def _lease_items(items: Iterable[Any]) -> Iterable[tuple[int, int]]:
 # Serving renewals and TTL queries on any member
 
 
-def grpc_target(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme.startswith("unix"):
-        return f"unix:{parts.path or parts.netloc}"
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port or 2379}"
-
-
 class _Retry(Exception):
     pass
 
@@ -609,7 +599,7 @@ class LeaseRouter:
     def _stub(self, url: str) -> rpc_pb2_grpc.LeaseStub:
         ch = self._channels.get(url)
         if ch is None:
-            ch = self._channels[url] = grpc.aio.insecure_channel(grpc_target(url))
+            ch = self._channels[url] = self.s.member_channel(url)
         return rpc_pb2_grpc.LeaseStub(ch)
 
     async def _forward_renew(self, url: str, lease_id: int, timeout: float) -> int:

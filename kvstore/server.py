@@ -12,6 +12,9 @@ import logging
 import os
 import random
 import shutil
+from urllib.parse import urlsplit
+
+import grpc
 from typing import Any
 
 from raft.core import Config as RaftConfig
@@ -32,7 +35,7 @@ from raft.types import (
 
 from . import errors, members
 from .apply import Applied, Applier
-from .config import ServerConfig
+from .config import ServerConfig, grpc_target
 from .errors import EtcdError
 from .lease import Lessor, min_lease_ttl
 from .metrics import Metrics
@@ -50,8 +53,11 @@ class DataDirError(Exception):
 
 
 class KvServer:
-    def __init__(self, cfg: ServerConfig, peer_security: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: ServerConfig, peer_security: dict[str, Any] | None = None, client_tls: Any | None = None
+    ) -> None:
         self.cfg = cfg
+        self.client_tls = client_tls  # kvstore.tls.CertSource of the client listeners, if TLS
         self.peer_security = peer_security  # PeerTransport.set_security() arguments (TLS)
         self.cluster_id = cfg.cluster_id
         self.member_id = cfg.member_id(cfg.initial_advertise_peer_urls)
@@ -253,6 +259,16 @@ class KvServer:
             except EtcdError:
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+    def member_channel(self, url: str) -> grpc.aio.Channel:
+        """A channel to another member's client URL (forwarded lease renewals
+        and promotions, the dashboard), with the TLS this member's clients use."""
+        target = grpc_target(url)
+        if urlsplit(url).scheme in ("https", "unixs"):
+            if self.client_tls is not None:
+                return grpc.aio.secure_channel(target, self.client_tls.grpc_channel_credentials())
+            return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+        return grpc.aio.insecure_channel(target)
 
     # -------------------------------------------------------------- primitives
     @property

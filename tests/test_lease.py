@@ -11,9 +11,9 @@ from kvstore.lease import (
     MAX_LEASE_TTL,
     Lessor,
     NotPrimary,
-    grpc_target,
     min_lease_ttl,
 )
+from kvstore.config import grpc_target
 from kvstore.pb import internal_pb2
 
 

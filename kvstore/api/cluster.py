@@ -8,7 +8,6 @@ from raft.types import ConfChangeType, Role
 from .. import errors, members
 from ..config import ConfigError, check_url, member_id
 from ..errors import EtcdError
-from ..lease import grpc_target
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import REQUEST_TIMEOUT, KvServer
 from .common import unary
@@ -103,7 +102,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         urls = [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
         if not urls:
             raise errors.NO_LEADER
-        async with grpc.aio.insecure_channel(grpc_target(urls[0])) as ch:
+        async with self.s.member_channel(urls[0]) as ch:
             try:
                 resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
                     request, metadata=((PROMOTE_FORWARD_HEADER, "1"),), timeout=REQUEST_TIMEOUT

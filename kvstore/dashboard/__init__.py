@@ -34,7 +34,6 @@ import grpc
 from aiohttp import web
 
 from ..gateway import CallAborted, call, http_metadata, http_status
-from ..lease import grpc_target
 from ..pb import rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("kvstore.dashboard")
@@ -185,10 +184,7 @@ class Dashboard:
             if not m.clientURLs:
                 return None, "not started (no client URLs yet)"
             url = m.clientURLs[0]
-            creds = grpc.ssl_channel_credentials() if url.startswith(("https:", "unixs:")) else None
-            target = grpc_target(url)
-            channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
-            async with channel:
+            async with self.s.member_channel(url) as channel:
                 st = await rpc_pb2_grpc.MaintenanceStub(channel).Status(
                     rpc_pb2.StatusRequest(), metadata=remote_md, timeout=STATUS_TIMEOUT)
             return _status_json(st), None
