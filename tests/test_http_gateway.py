@@ -121,16 +121,33 @@ def wait_published(base: str, names: list[str], timeout: float = 30.0) -> None:
 
 
 # ------------------------------------------------------------------ fixtures
+def started(make: Any, timeout: float = 60.0, tries: int = 3) -> Any:
+    """``make()``'s cluster, started; made anew (new free ports) when one of
+    its ports was taken between choosing and binding it (other processes
+    on this machine open connections from the same port range)."""
+    for attempt in range(tries):
+        c = make()
+        try:
+            return c.start(timeout=timeout)
+        except (RuntimeError, TimeoutError) as e:
+            c.close()
+            if attempt == tries - 1 or "in use" not in str(e).lower():
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[str, str]]:
     """(kvstore HTTP URL, etcd client URL), both fresh single members."""
     if ETCD is None:
         pytest.skip("etcd is not installed (Debian package etcd-server)")
-    kv = Cluster(1)
-    et = EtcdCluster(1)
+    kv = started(lambda: Cluster(1))
     try:
-        kv.start(timeout=60)
-        et.start(timeout=60)
+        et = started(lambda: EtcdCluster(1))
+    except BaseException:
+        kv.close()
+        raise
+    try:
         wait_published(kv.nodes[0].http_url, ["n1"])
         yield kv.nodes[0].http_url, et.nodes[0].http_url
     finally:
@@ -140,9 +157,8 @@ def pair() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def cluster3() -> Iterator[Cluster]:
-    c = Cluster(3)
+    c = started(lambda: Cluster(3))
     try:
-        c.start(timeout=60)
         wait_published(c.nodes[0].http_url, ["n1", "n2", "n3"])
         yield c
     finally:
@@ -624,9 +640,8 @@ def test_gateway_websocket_watch(cluster3: Cluster) -> None:
 def etcd3() -> Iterator[EtcdCluster]:
     if ETCD is None:
         pytest.skip("etcd is not installed (Debian package etcd-server)")
-    c = EtcdCluster(3)
+    c = started(lambda: EtcdCluster(3))
     try:
-        c.start(timeout=60)
         wait_published(c.nodes[0].http_url, ["n1", "n2", "n3"])
         yield c
     finally:

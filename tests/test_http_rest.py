@@ -18,6 +18,7 @@ import pytest
 from multidict import CIMultiDict
 
 from tests.procs import Cluster
+from tests.test_http_gateway import started
 
 MAX_REQUEST = 65536  # the cluster's --max-request-bytes (small: cheap 413 tests)
 
@@ -42,9 +43,8 @@ def js(body: bytes) -> Any:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(3, ["--max-request-bytes", str(MAX_REQUEST)])
+    c = started(lambda: Cluster(3, ["--max-request-bytes", str(MAX_REQUEST)]))
     try:
-        c.start(timeout=60)
         # Every member answers a linearizable read: a leader is known to all.
         for n in c.nodes:
             for _ in range(200):
@@ -520,9 +520,8 @@ def test_disconnected_watchers_are_released(urls: list[str]) -> None:
 def test_nospace_and_no_leader_are_503() -> None:
     """503 (with Retry-After) when the NOSPACE alarm is raised, and when the
     member cannot reach a quorum."""
-    c = Cluster(1, ["--quota-backend-bytes", "200000"])
+    c = started(lambda: Cluster(1, ["--quota-backend-bytes", "200000"]))
     try:
-        c.start(timeout=60)
         base = c.nodes[0].http_url
         blob = bytes(range(256)) * 200  # 51 KB
         statuses = [http(base, "PUT", f"/kv/big/{i}", blob)[0] for i in range(8)]
@@ -534,9 +533,8 @@ def test_nospace_and_no_leader_are_503() -> None:
     finally:
         c.close()
 
-    c = Cluster(2)
+    c = started(lambda: Cluster(2))
     try:
-        c.start(timeout=60)
         c.nodes[1].kill()
         base = c.nodes[0].http_url
         st, _, body = http(base, "PUT", "/kv/q", b"x")

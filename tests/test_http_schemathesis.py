@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from tests.procs import Cluster
+from tests.test_http_gateway import started
 
 pytest.importorskip("schemathesis")
 
@@ -52,9 +53,8 @@ HOOKS = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
-    c = Cluster(1)
+    c = started(lambda: Cluster(1))
     try:
-        c.start(timeout=60)
         yield c.nodes[0].http_url
     finally:
         c.close()
