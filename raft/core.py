@@ -768,7 +768,13 @@ class Raft:
         if not pr.maybe_update(m.index):
             return
         if pr.state == ProgressState.PROBE:
-            pr.become_replicate()
+            # Only the answer to the current probe (at next-1 or beyond) says
+            # where the follower's log ends. A late ack of an older append --
+            # e.g. arriving just after a snapshot moved ``next`` past the
+            # compaction point -- would send ``next`` back below it and the
+            # same snapshot out again.
+            if m.index >= pr.next - 1:
+                pr.become_replicate()
         elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
             pr.become_probe()
             pr.become_replicate()

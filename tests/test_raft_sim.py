@@ -685,6 +685,31 @@ def test_new_member_installs_snapshot_taken_before_it_joined() -> None:
     assert r4.promotable
 
 
+def test_late_ack_after_snapshot_does_not_resend_it() -> None:
+    # Regression (sim seed 6146/async): after a snapshot was reported sent the
+    # follower is probed just past it; a late ack of an older append flipped
+    # the progress to REPLICATE at match+1 -- below the compaction point -- and
+    # the leader sent the same snapshot again.
+    net = Net()
+    net.elect(1)
+    net.isolate(3)
+    for k in range(10):
+        net.propose(1, b"%d" % k)
+    r = net.rafts[1]
+    old_match = r.progress()[3][0]
+    net.stores[1].compact(SnapshotMeta(r.log.applied, 0, r.conf_state()), b"snap")
+    term = r.term
+    nxt = r.progress()[3][1]
+    r.step(Message(MsgType.APP_RESP, to=1, frm=3, term=term, index=nxt - 1, reject=True, reject_hint=old_match))
+    assert r.progress()[3][2] == "SNAPSHOT"
+    r.report_snapshot(3, True)
+    r.step(Message(MsgType.APP_RESP, to=1, frm=3, term=term, index=old_match + 1))  # late
+    sent = r.ready().messages
+    assert len([m for m in sent if m.type == MsgType.SNAP and m.to == 3]) == 1
+    probe = [m for m in sent if m.type == MsgType.APP and m.to == 3]
+    assert probe and probe[-1].index == net.stores[1].snapshot().meta.index
+
+
 def test_inflight_limit_bounds_appends_to_silent_follower() -> None:
     net = Net(max_inflight_msgs=3, max_size_per_msg=1)
     net.elect(1)
