@@ -90,14 +90,16 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             # once, as etcd does (over its peer HTTP /members/promote).
             if any(k == PROMOTE_FORWARD_HEADER for k, _ in (context.invocation_metadata() or ())):
                 raise errors.NOT_LEADER
-            return await self._forward_promote(request)
+            return await self._forward_promote(request, context)
         match = raft.progress().get(request.ID, (0, 0, ""))[0]
         if match < raft.log.committed * 0.9:
             raise errors.LEARNER_NOT_READY
         await self.s.propose_conf_change(ConfChangeType.ADD_NODE, request.ID, None)
         return rpc_pb2.MemberPromoteResponse(header=self._header(), members=self._list())
 
-    async def _forward_promote(self, request: rpc_pb2.MemberPromoteRequest) -> rpc_pb2.MemberPromoteResponse:
+    async def _forward_promote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
         leader = self.s.node.leader
         urls = [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
         if not urls:
@@ -105,8 +107,18 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         async with self.s.member_channel(urls[0]) as ch:
             try:
                 resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
-                    request, metadata=((PROMOTE_FORWARD_HEADER, "1"),), timeout=REQUEST_TIMEOUT
+                    request, metadata=_forwarded_metadata(context), timeout=REQUEST_TIMEOUT
                 )
             except grpc.aio.AioRpcError as e:
                 raise EtcdError(e.code(), e.details() or "") from None
         return rpc_pb2.MemberPromoteResponse(header=self._header(), members=list(resp.members))
+
+
+def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    """Mark the call as forwarded (it is never forwarded again) and carry the
+    caller's auth token, so the leader checks the same user."""
+    md: list[tuple[str, str]] = [(PROMOTE_FORWARD_HEADER, "1")]
+    for k, v in context.invocation_metadata() or ():
+        if k == "token":
+            md.append((k, v))
+    return tuple(md)
