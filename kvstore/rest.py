@@ -733,17 +733,17 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": {
-                        "description": "the raw value (single key) or the listing (prefix)",
-                        "headers": {
-                            "X-Kvstore-Revision": _KV_HEADERS["X-Kvstore-Revision"],
-                        },
+                        "description": "the raw value (single key, with its ETag and X-Kvstore-* headers) "
+                        "or the listing (prefix, with X-Kvstore-Revision)",
+                        "headers": _KV_HEADERS,
                         "content": {
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                             "application/json": {"schema": {"$ref": "#/components/schemas/Listing"}},
                         },
                     },
-                    "304": {"description": "not modified (If-None-Match)"},
-                    "404": _err("no such key"),
+                    "304": {"description": "not modified (If-None-Match)", "headers": _KV_HEADERS},
+                    "404": {**_err("no such key"),
+                            "headers": {"X-Kvstore-Revision": _KV_HEADERS["X-Kvstore-Revision"]}},
                     **_COMMON_ERRORS,
                 },
             },
