@@ -11,7 +11,7 @@ import grpc
 
 from raft.types import Role
 
-from .. import errors, members
+from .. import bbolt, errors, members
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import KvServer
 from .common import unary
@@ -73,12 +73,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.MoveLeaderResponse(header=self.s.header())
 
     async def Snapshot(self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
-        """Streams a consistent copy of the store followed by its SHA-256, as
-        etcd does, so a receiver can verify the file."""
+        """Streams a consistent copy of the store in etcd's backend format (a
+        bbolt file, see kvstore.bbolt.write_snapshot, so that etcdctl's
+        ``snapshot status``/``restore`` and etcd itself accept it) followed by
+        its SHA-256, as etcd does, so a receiver can verify the file. (Raft
+        snapshots between members stay LMDB copies: KvServer's copy_to.)"""
         fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.join(self.s.member_dir, "snap"))
         os.close(fd)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.s.store.copy_to, path)
+            await asyncio.get_running_loop().run_in_executor(None, bbolt.write_snapshot, self.s.store, path)
             size = os.path.getsize(path)
             digest = hashlib.sha256()
             sent = 0
