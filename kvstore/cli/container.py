@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -50,6 +51,7 @@ from ..client.model import Event, RangeResult
 from . import template as T
 from .__main__ import CliError, duration
 from .commands import client_options, endpoints_of
+from . import OWN_ENV
 from .envmap import build_env
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -94,22 +96,48 @@ def exit_status(rc: int | None) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-def parent_death_signal(sig: int) -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to send ``sig`` to the child when kvctl dies
-    (even by SIGKILL), so a command never outlives the kvctl that runs it."""
+# Run CMD through a tiny exec wrapper that asks Linux to signal it when kvctl
+# dies (PR_SET_PDEATHSIG survives execve), so a command never outlives kvctl.
+# A wrapper rather than a preexec_fn: forking a process that runs gRPC
+# threads and then running Python code in the child is not safe.
+_DEATH_WRAPPER = """
+import ctypes, os, sys
+sig, ppid, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != ppid:
+    sys.exit(128 + sig)
+try:
+    os.execvp(argv[0], argv)
+except OSError as e:
+    sys.stderr.write(f"kvctl: cannot run {argv[0]}: {e.strerror}\\n")
+    sys.exit(127 if isinstance(e, FileNotFoundError) else 126)
+"""
+
+
+def wrapped(argv: list[str], death_signal: int) -> list[str]:
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
+        return list(argv)
+    return [sys.executable, "-S", "-E", "-c", _DEATH_WRAPPER, str(int(death_signal)), str(os.getpid()), *argv]
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
 
-    def pre() -> None:
-        prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+def check_runnable(cmd: str) -> None:
+    if os.sep in cmd:
+        if not os.path.exists(cmd):
+            raise CliError(f"cannot run {cmd!r}: no such file", 127)
+        if not os.access(cmd, os.X_OK):
+            raise CliError(f"cannot run {cmd!r}: permission denied", 126)
+    elif shutil.which(cmd) is None:
+        raise CliError(f"cannot run {cmd!r}: command not found", 127)
 
-    return pre
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """kvctl's environment (minus what kvctl set for itself) plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in OWN_ENV}
+    env.update(extra)
+    return env
 
 
 class Child:
@@ -126,13 +154,10 @@ class Child:
         self.done: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
+        check_runnable(self.argv[0])
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, process_group=0, preexec_fn=parent_death_signal(self.death_signal))
-        except FileNotFoundError:
-            raise CliError(f"cannot run {self.argv[0]!r}: command not found", 127) from None
-        except PermissionError:
-            raise CliError(f"cannot run {self.argv[0]!r}: permission denied", 126) from None
+                *wrapped(self.argv, self.death_signal), env=self.env, process_group=0)
         except OSError as e:
             raise CliError(f"cannot run {self.argv[0]!r}: {e.strerror}", 126) from None
         self.done = asyncio.ensure_future(self.proc.wait())
@@ -354,7 +379,7 @@ async def run_exec(args: argparse.Namespace) -> int:
         current = environment()
         if args.env_file:
             write_env_file(args.env_file, current)
-        child = Child(args.child_argv, {**os.environ, **current}, log)
+        child = Child(args.child_argv, child_environment(current), log)
         await child.start()
         change = asyncio.ensure_future(follower.next_change(args.debounce))
         sig_task = asyncio.ensure_future(sigs.q.get())
@@ -385,7 +410,7 @@ async def run_exec(args: argparse.Namespace) -> int:
                 if mode is None:
                     log(f"configuration changed ({', '.join(names)}): restarting {args.child_argv[0]}")
                     await child.stop(args.grace)
-                    child = Child(args.child_argv, {**os.environ, **current}, log)
+                    child = Child(args.child_argv, child_environment(current), log)
                     await child.start()
                 else:
                     log(f"configuration changed ({', '.join(names)}): sending {mode.name}")
@@ -402,7 +427,7 @@ async def run_exec(args: argparse.Namespace) -> int:
 
 
 async def run_on_change(cmd: str, output: str, log: Callable[[str], None]) -> None:
-    proc = await asyncio.create_subprocess_shell(cmd, env=dict(os.environ, KVCTL_RENDER_OUTPUT=output))
+    proc = await asyncio.create_subprocess_shell(cmd, env=child_environment({"KVCTL_RENDER_OUTPUT": output}))
     rc = await proc.wait()
     if rc != 0:
         log(f"on-change command exited with status {exit_status(rc)}")
@@ -511,8 +536,9 @@ async def run_elect(args: argparse.Namespace) -> int:
                 raise
             log(f"elected: {leader.key.decode(errors='replace')} (revision {leader.revision}); starting "
                 f"{args.child_argv[0]}")
-            env = dict(os.environ, KVCTL_ELECTION_NAME=args.name, KVCTL_ELECTION_KEY=leader.key.decode(errors="replace"),
-                       KVCTL_ELECTION_REV=str(leader.revision), KVCTL_LEASE_ID=f"{lease.id:x}")
+            env = child_environment(dict(
+                KVCTL_ELECTION_NAME=args.name, KVCTL_ELECTION_KEY=leader.key.decode(errors="replace"),
+                KVCTL_ELECTION_REV=str(leader.revision), KVCTL_LEASE_ID=f"{lease.id:x}"))
             child = Child(args.child_argv, env, log, death_signal=signal.SIGKILL)
             await child.start()
             assert child.done is not None
@@ -579,8 +605,9 @@ async def run_lock(args: argparse.Namespace) -> int:
         except Unavailable as e:
             raise CliError(f"lock {args.name}: {e.message}") from None
         assert lock.lease is not None
-        env = dict(os.environ, KVCTL_LOCK_NAME=args.name, KVCTL_LOCK_KEY=lock.key.decode(errors="replace"),
-                   KVCTL_LOCK_REV=str(lock.revision), KVCTL_LEASE_ID=f"{lock.lease.id:x}")
+        env = child_environment(dict(
+            KVCTL_LOCK_NAME=args.name, KVCTL_LOCK_KEY=lock.key.decode(errors="replace"),
+            KVCTL_LOCK_REV=str(lock.revision), KVCTL_LEASE_ID=f"{lock.lease.id:x}"))
         child = Child(args.child_argv, env, log, death_signal=signal.SIGKILL)
         await child.start()
         assert child.done is not None
