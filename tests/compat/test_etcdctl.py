@@ -840,12 +840,6 @@ def test_snapshot_save(ctl: Etcdctl, kv_cluster: Cluster, tmp_path) -> None:
         st.close()
 
 
-@pytest.mark.xfail(
-    ON_KVSTORE,
-    strict=True,
-    reason="etcdctl snapshot status/restore open the file as a bbolt database (etcd's backend); "
-    "kvstore's snapshot is an LMDB copy, so etcdctl reports 'invalid database'",
-)
 def test_snapshot_status(ctl: Etcdctl, kv_cluster: Cluster, tmp_path) -> None:
     path = str(tmp_path / "snap.db")
     ctl.run("snapshot", "save", path, endpoints=[kv_cluster.nodes[0].endpoint])
@@ -853,11 +847,6 @@ def test_snapshot_status(ctl: Etcdctl, kv_cluster: Cluster, tmp_path) -> None:
     assert st["revision"] > 0 and st["totalKey"] > 0
 
 
-@pytest.mark.xfail(
-    ON_KVSTORE,
-    strict=True,
-    reason="etcdctl snapshot restore needs a bbolt file; kvstore's snapshot is an LMDB copy",
-)
 def test_snapshot_restore(ctl: Etcdctl, kv_cluster: Cluster, tmp_path) -> None:
     path = str(tmp_path / "snap.db")
     ctl.run("snapshot", "save", path, endpoints=[kv_cluster.nodes[0].endpoint])
