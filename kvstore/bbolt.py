@@ -612,8 +612,9 @@ def restore_snapshot(src_path: str, dest_store_dir: str) -> int:
             store = MvccStore(dest_store_dir, quota_bytes=max(os.path.getsize(db) * 4, 2 << 30))
             try:
                 with store.write() as batch:
-                    batch.delete_meta(b"members") if batch.get_meta(b"members") is not None else None
-                    batch.delete_meta(b"alarms") if batch.get_meta(b"alarms") is not None else None
+                    for name in (b"members", b"alarms"):  # the new cluster has its own
+                        if batch.get_meta(name) is not None:
+                            batch.delete_meta(name)
                     batch.set_consistent_index(0)
                 store.checkpoint()
                 return store.current_revision

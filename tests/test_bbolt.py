@@ -72,7 +72,22 @@ def populate(store: MvccStore) -> int:
         b.compact(10)
         b.put(rpc_pb2.PutRequest(key=b"k/0003", value=b"after compaction"))
         b.put(rpc_pb2.PutRequest(key=b"\x00\xffbin", value=b"\x00"))
+        b.put(rpc_pb2.PutRequest(key=b"long/" + b"L" * 700, value=b"long key", lease=0x99))
     return store.current_revision
+
+
+def add_auth(store: MvccStore) -> None:
+    from kvstore.auth.state import META_KEY, AuthState
+    from kvstore.pb import auth_pb2
+
+    st = AuthState()
+    st.enabled = True
+    st.revision = 7
+    st.users["root"] = auth_pb2.User(name=b"root", password=b"scrypt$1$8$1$c2FsdA==$aGFzaA==", roles=["root"])
+    st.roles["app"] = auth_pb2.Role(name=b"app", keyPermission=[
+        auth_pb2.Permission(permType=auth_pb2.Permission.READWRITE, key=b"app/", range_end=b"app0")])
+    with store.write() as b:
+        b.put_meta(META_KEY, st.dump())
 
 
 # -- the bbolt layer ------------------------------------------------------------------
@@ -95,6 +110,21 @@ def test_write_read_round_trip(tmp_path) -> None:
             assert list(r.items(name)) == items
         assert r.bucket(b"nope") is None
         assert r.bucket(b"big").get(b"c") == b"C" * 9000
+
+
+def test_empty_store(tmp_path) -> None:
+    src = MvccStore(str(tmp_path / "src"))
+    try:
+        bbolt.write_snapshot(src, str(tmp_path / "s.db"))
+    finally:
+        src.close()
+    assert bbolt.restore_snapshot(str(tmp_path / "s.db"), str(tmp_path / "dst")) == 1
+    dst = MvccStore(str(tmp_path / "dst"))
+    try:
+        assert dst.current_revision == 1 and dst.compact_revision == 0 and all_kvs(dst.range) == []
+        assert dst.lease_list() == []
+    finally:
+        dst.close()
 
 
 def test_writer_refuses_unsorted_keys(tmp_path) -> None:
@@ -122,6 +152,7 @@ def test_snapshot_restore_round_trip(tmp_path) -> None:
     src = MvccStore(str(tmp_path / "src"))
     try:
         rev = populate(src)
+        add_auth(src)
         snap = str(tmp_path / "s.db")
         bbolt.write_snapshot(src, snap)
         with bbolt.BoltReader(snap) as r:
@@ -139,8 +170,10 @@ def test_snapshot_restore_round_trip(tmp_path) -> None:
             assert dst.lease_list() == src.lease_list()
             assert dst.lease_get(0x99) == (900, 321)
             assert dst.lease_keys(0x1234) == src.lease_keys(0x1234) and len(dst.lease_keys(0x1234)) == 15
+            assert dst.lease_keys(0x99) == [b"long/" + b"L" * 700]
             assert dst.events(11, None, b"\0", b"\0") == src.events(11, None, b"\0", b"\0")
             assert dst.consistent_index == 0
+            assert dst.get_meta(b"auth") == src.get_meta(b"auth")  # users, roles, enabled, revision
         finally:
             dst.close()
     finally:
