@@ -660,7 +660,7 @@ def cmd_snapshot_status(args: argparse.Namespace) -> int:
     f = fmt(args, "table")
     if f == "json":
         O.dump_json({"hash": st.hash, "revision": st.revision, "totalKey": st.total_keys, "totalSize": st.total_size,
-                     "compact_revision": st.compact_revision, "sha256": st.sha256})
+                     "format": st.format})
     elif f == "table":
         O.table(["hash", "revision", "total keys", "total size"],
                 [[f"{st.hash:x}", st.revision, st.total_keys, O.human_size(st.total_size)]])

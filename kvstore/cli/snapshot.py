@@ -1,14 +1,22 @@
 """``kvctl snapshot save|status|restore``.
 
 A snapshot file is what the Maintenance.Snapshot RPC streams, as etcdctl
-writes it: the database followed by its 32-byte SHA-256. For kvstore the
-database is a compacted copy of the member's LMDB MVCC store (keys, their
-whole retained history, revisions, leases, auth state). ``restore`` turns it
-into the data directory of one member of a *new* cluster:
+writes it: the database followed by its 32-byte SHA-256. kvstore streams
+etcd's backend format (a bbolt file, ``kvstore.bbolt``), so the same file
+works with etcdctl and etcd; kvstore's older snapshots (an LMDB copy of the
+MVCC store) are accepted too.
 
-* the MVCC store is installed as is (same keys, values and revisions); the
-  old cluster's member list and alarms are dropped and its applied index is
-  reset, because the new cluster starts a new Raft log;
+``status`` prints what ``etcdctl snapshot status`` prints for a bbolt file
+(hash: CRC-32C over every bucket's name, keys and values; revision; total
+keys; total size), after checking the digest when there is one.
+
+``restore`` turns a snapshot into the data directory of one member of a
+*new* cluster:
+
+* the MVCC store is rebuilt from the file (``kvstore.bbolt.restore_snapshot``:
+  same keys, values, revisions, versions, leases and auth state); the old
+  cluster's members and alarms are not kept and the applied index is reset,
+  because the new cluster starts a new Raft log;
 * the Raft log is bootstrapped exactly as ``python -m kvstore`` bootstraps a
   new member (the same conf-change entries at term 1 from
   ``--initial-cluster``), so every member restored from the same file with
@@ -16,9 +24,6 @@ into the data directory of one member of a *new* cluster:
 
 Then start each member with the same ``--name``, ``--initial-cluster``,
 ``--initial-advertise-peer-urls`` and ``--initial-cluster-token``.
-
-Snapshots in etcd's own format (bbolt) are recognised and refused: moving
-data between etcd and kvstore is not handled here.
 """
 from __future__ import annotations
 
@@ -27,13 +32,13 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .output import Progress
 
 DIGEST = 32
-LMDB_MAGIC = 0xBEEFC0DE
-BOLT_MAGIC = 0xED0CDAED
 
 
 class SnapshotError(Exception):
@@ -46,13 +51,10 @@ def has_digest(size: int) -> bool:
 
 
 def file_format(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(32)
-    if len(head) >= 20 and struct.unpack_from("<I", head, 16)[0] == LMDB_MAGIC:
-        return "kvstore"
-    if len(head) >= 20 and struct.unpack_from("<I", head, 16)[0] == BOLT_MAGIC:
-        return "etcd"
-    return "unknown"
+    """"bbolt" (etcd's format: kvstore and etcd snapshots), "lmdb" (kvstore's older snapshots) or "unknown"."""
+    from ..bbolt import snapshot_format
+
+    return snapshot_format(path)
 
 
 def verify_and_strip(path: str, out_path: str, skip_hash_check: bool, progress: Progress | None = None) -> str:
@@ -83,12 +85,13 @@ def verify_and_strip(path: str, out_path: str, skip_hash_check: bool, progress: 
     return h.hexdigest()
 
 
-def _check_format(path: str) -> None:
+def _check_format(path: str) -> str:
+    if not os.path.isfile(path):
+        raise SnapshotError(f"{path}: no such file")
     fmt = file_format(path)
-    if fmt == "etcd":
-        raise SnapshotError(f"{path}: this is an etcd (bbolt) snapshot; kvctl restores kvstore snapshots only")
-    if fmt != "kvstore":
-        raise SnapshotError(f"{path}: not a kvstore snapshot")
+    if fmt == "unknown":
+        raise SnapshotError(f"{path}: not a snapshot (neither etcd/kvstore bbolt nor a kvstore LMDB copy)")
+    return fmt
 
 
 @dataclass
@@ -97,23 +100,44 @@ class SnapshotStatus:
     revision: int
     total_keys: int
     total_size: int
-    compact_revision: int
-    sha256: str
+    format: str
     has_digest: bool
+
+
+def bolt_status(db_path: str) -> tuple[int, int, int, int]:
+    """etcdctl's snapshot status of a bbolt file: (hash, revision, total keys, total size)."""
+    import crc32c
+
+    from ..bbolt import KEY_BUCKET, BoltReader
+
+    h = 0
+    revision = total = 0
+    with BoltReader(db_path) as r:
+        for name in r.bucket_names():
+            h = crc32c.crc32c(name, h)
+            for k, v in r.items(name):
+                h = crc32c.crc32c(v, crc32c.crc32c(k, h))
+                if name == KEY_BUCKET and len(k) >= 8:
+                    revision = struct.unpack(">q", k[:8])[0]
+                total += 1
+        size = r.meta.pgid * r.page_size
+    return h, revision, total, size
 
 
 def status(path: str) -> SnapshotStatus:
     from ..mvcc import MvccStore
     from ..pb import rpc_pb2
 
-    if not os.path.isfile(path):
-        raise SnapshotError(f"{path}: no such file")
-    _check_format(path)
+    fmt = _check_format(path)
     size = os.path.getsize(path)
+    digest = has_digest(size)
     tmp = tempfile.mkdtemp(prefix="kvctl-status-")
     try:
         db = os.path.join(tmp, "snap.db")
-        sha = verify_and_strip(path, db, skip_hash_check=not has_digest(size))
+        verify_and_strip(path, db, skip_hash_check=not digest)
+        if fmt == "bbolt":
+            h, rev, total, tsize = bolt_status(db)
+            return SnapshotStatus(h, rev, total, tsize, fmt, digest)
         try:
             MvccStore.restore_from(db, os.path.join(tmp, "kv"))
         except ValueError as e:
@@ -121,12 +145,31 @@ def status(path: str) -> SnapshotStatus:
         store = MvccStore(os.path.join(tmp, "kv"), quota_bytes=max(size * 4, 64 << 20))
         try:
             count = store.range(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True)).count
-            return SnapshotStatus(store.hash(), store.current_revision, count, size - (DIGEST if has_digest(size) else 0),
-                                  store.compact_revision, sha, has_digest(size))
+            return SnapshotStatus(store.hash(), store.current_revision, count, os.path.getsize(db), fmt, digest)
         finally:
             store.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _in_thread(fn: Callable[[], Any], progress: Progress) -> Any:
+    """Run ``fn`` in a thread, animating ``progress`` meanwhile."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    while t.is_alive():
+        progress.update(0, 0)
+        t.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def restore(path: str, argv: list[str], skip_hash_check: bool = False, show_progress: bool | None = None) -> str:
@@ -136,18 +179,14 @@ def restore(path: str, argv: list[str], skip_hash_check: bool = False, show_prog
     Returns the data directory."""
     from raft.lmdb_storage import LmdbStorage
 
-    from .. import members
-    from ..apply import ALARMS_KEY
+    from ..bbolt import restore_snapshot
     from ..config import ConfigError, parse
-    from ..mvcc import MvccStore
     from ..server import bootstrap_log
 
     try:
         cfg = parse(argv, environ={})
     except ConfigError as e:
         raise SnapshotError(str(e)) from None
-    if not os.path.isfile(path):
-        raise SnapshotError(f"{path}: no such file")
     _check_format(path)
     data_dir = cfg.data_dir
     if os.path.exists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
@@ -155,28 +194,21 @@ def restore(path: str, argv: list[str], skip_hash_check: bool = False, show_prog
     parent = os.path.dirname(os.path.abspath(data_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".kvctl-restore-", dir=parent)
-    prog = Progress("restore", enabled=show_progress)
+    prog = Progress("restore: verify", enabled=show_progress)
     try:
         db = os.path.join(tmp, "snapshot.db")
         verify_and_strip(path, db, skip_hash_check, prog)
+        prog.finish()
         member = os.path.join(tmp, "data", "member")
+        os.makedirs(member)
+        build = Progress("restore: rebuild store", enabled=show_progress)
         try:
-            MvccStore.restore_from(db, os.path.join(member, "kv"))
-        except ValueError as e:
+            _in_thread(lambda: restore_snapshot(db, os.path.join(member, "kv")), build)
+        except ValueError as e:  # BoltError included
             raise SnapshotError(str(e)) from None
-        os.unlink(db)
-        size = os.path.getsize(os.path.join(member, "kv", "data.mdb"))
-        store = MvccStore(os.path.join(member, "kv"), quota_bytes=max(cfg.quota_backend_bytes, size * 2))
-        try:
-            with store.write() as batch:
-                # The new cluster's members come from its Raft log (below).
-                batch.put_meta(members.META_KEY, members.dump(members.MemberList()))
-                if batch.get_meta(ALARMS_KEY) is not None:
-                    batch.delete_meta(ALARMS_KEY)
-                batch.set_consistent_index(0)
-            store.checkpoint()
         finally:
-            store.close()
+            build.finish()
+        os.unlink(db)
         raft = LmdbStorage(os.path.join(member, "raft"))
         try:
             bootstrap_log(cfg, raft)
@@ -192,6 +224,5 @@ def restore(path: str, argv: list[str], skip_hash_check: bool = False, show_prog
         finally:
             os.close(fd)
     finally:
-        prog.finish()
         shutil.rmtree(tmp, ignore_errors=True)
     return data_dir
