@@ -824,14 +824,13 @@ def test_snapshot_save(ctl: Etcdctl, kv_cluster: Cluster, tmp_path) -> None:
     assert len(body) > 0 and hashlib.sha256(body).digest() == digest
     if not ON_KVSTORE:
         return
-    # The body is kvstore's store (an LMDB copy), holding the key.
+    # The body is etcd's backend format (bbolt): it restores into a store holding the key.
+    from kvstore import bbolt
     from kvstore.mvcc import MvccStore
     from kvstore.pb import rpc_pb2
 
     d = tmp_path / "restored"
-    body_path = tmp_path / "body.mdb"
-    body_path.write_bytes(body)
-    MvccStore.restore_from(str(body_path), str(d))
+    bbolt.restore_snapshot(path, str(d))
     st = MvccStore(str(d))
     try:
         got = st.range(rpc_pb2.RangeRequest(key=b"/sn/k"))
