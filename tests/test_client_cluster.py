@@ -382,3 +382,25 @@ def test_tls_and_auth_against_etcd(tmp_path):
                 c.get("/auth")
     finally:
         e.close()
+
+
+@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="needs etcdctl to enable auth")
+def test_auth_against_kvstore():
+    with Cluster(1) as c:
+        c.start()
+        env = dict(os.environ, ETCDCTL_API="3")
+        ctl = ["etcdctl", "--endpoints", c.endpoints[0]]
+        subprocess.run(ctl + ["user", "add", "root:s3cret"], check=True, capture_output=True, env=env)
+        subprocess.run(ctl + ["auth", "enable"], check=True, capture_output=True, env=env)
+        with Client(c.endpoints, timeout=10, user="root:s3cret") as cl:
+            cl.put("/auth", "yes")
+            assert cl.get("/auth").value == b"yes"
+            cl._token = "bogus-token"  # re-authenticates and retries
+            with cl.lock("/auth-lock", ttl=5):
+                assert cl.get("/auth").value == b"yes"
+        with Client(c.endpoints, timeout=5, user="root", password="wrong") as cl:
+            with pytest.raises(AuthFailed):
+                cl.get("/auth")
+        with Client(c.endpoints, timeout=5) as cl:  # no credentials
+            with pytest.raises(ClientError):
+                cl.get("/auth")

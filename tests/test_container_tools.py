@@ -375,3 +375,17 @@ def test_lock_runs_never_overlap_and_propagate_exit_code(cluster, procs, tmp_pat
     assert k.wait(30) == 5
     with Client(cluster.endpoints) as c:
         assert c.get_prefix(name + "/").count == 0  # every lock released
+
+
+def test_lock_and_elect_without_a_command_hold_until_interrupted(cluster, procs, tmp_path):
+    name = f"/hold-{time.monotonic_ns()}"
+    lk = procs.start("lock", name + "/lock", "--ttl", "5", name="holdlock")
+    el = procs.start("elect", name + "/el", "me", "--ttl", "5", name="holdelect")
+    with Client(cluster.endpoints) as c:
+        wait_until(lambda: c.get_prefix(name + "/lock/").count == 1, what="the lock key")
+        wait_until(lambda: (kv := c.leader(name + "/el")) is not None and kv.value == b"me", what="the leader")
+        for p in (lk, el):
+            p.send_signal(signal.SIGINT)
+            assert p.wait(20) == 0
+        assert c.get_prefix(name + "/").count == 0  # released and resigned
+    assert open(lk.log_path).read().startswith(name + "/lock/")  # type: ignore[attr-defined]
