@@ -183,6 +183,7 @@ SCALE_METRICS: dict[str, list[tuple[str, str]]] = {
         ("rss_empty_mib", "RSS before loading (MiB)"),
         ("data_dir_mib", "data dir per member (MiB)"),
         ("load_keys_per_sec", "load rate (keys/s, batched txns)"),
+        ("loader_cpu_us_per_key", "loader CPU per key (us, Python)"),
     ],
     "restart": [
         ("term_stop_s", "SIGTERM: exit (s)"),
