@@ -35,7 +35,7 @@ class Etcd:
     def endpoints(self) -> list[str]:
         return [self.endpoint]
 
-    def start(self, timeout: float = 20.0) -> "Etcd":
+    def start(self, timeout: float = 20.0) -> Etcd:
         scheme = "https" if any(a.startswith("--cert-file") for a in self.extra_args) else "http"
         client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"

@@ -355,7 +355,7 @@ def make_certs(d: str) -> None:
 def test_tls_and_auth_against_etcd(tmp_path):
     d = str(tmp_path)
     make_certs(d)
-    j = lambda n: os.path.join(d, n)  # noqa: E731
+    j = lambda n: os.path.join(d, n)
     e = etcd_single.Etcd(["--cert-file", j("server.pem"), "--key-file", j("server.key"),
                           "--trusted-ca-file", j("ca.pem"), "--client-cert-auth"]).start()
     try:

@@ -11,6 +11,15 @@ import random
 import grpc
 import pytest
 
+from kvstore.cli.envmap import build_env, env_name
+from kvstore.cli.output import Progress, table
+from kvstore.cli.template import TemplateError, render
+from kvstore.cli.txnparse import (
+    TxnSyntaxError,
+    parse_compare,
+    parse_request,
+    parse_sections,
+)
 from kvstore.client import (
     AsyncClient,
     Backoff,
@@ -20,6 +29,7 @@ from kvstore.client import (
     WatchCompacted,
     WatchError,
     compare,
+    core,
     create_revision,
     delete,
     get,
@@ -32,17 +42,19 @@ from kvstore.client import (
     value,
     version,
 )
-from kvstore.client import core
 from kvstore.client.core import AMBIGUOUS, FATAL, NOT_SENT, REAUTH, Endpoint, classify
-from kvstore.client.errors import Compacted, LeaseNotFound, NoSpace, PermissionDenied, ServerError, server_error
+from kvstore.client.errors import (
+    Compacted,
+    LeaseNotFound,
+    NoSpace,
+    PermissionDenied,
+    ServerError,
+    server_error,
+)
 from kvstore.client.model import txn_is_safe
 from kvstore.client.sync import SnapshotAccumulator
 from kvstore.client.txn import TxnBuilder
 from kvstore.client.watchstate import WatchResume
-from kvstore.cli.envmap import build_env, env_name
-from kvstore.cli.output import Progress, table
-from kvstore.cli.template import TemplateError, render
-from kvstore.cli.txnparse import TxnSyntaxError, parse_compare, parse_request, parse_sections
 from kvstore.pb import kv_pb2, rpc_pb2
 
 # -- back-off and durations --------------------------------------------------------------

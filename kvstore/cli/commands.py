@@ -8,13 +8,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import __version__
 from ..client import Client, ClientError, KeyValue, Unavailable
-from ..client.model import Header, PutResult, RangeResult, DeleteResult, TxnResult
+from ..client.model import DeleteResult, Header, PutResult, RangeResult, TxnResult
 from . import output as O
-from .__main__ import CliError, duration, hex_id
+from .__main__ import CliError, hex_id
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 
@@ -885,4 +886,4 @@ def _missing_sub(parser: argparse.ArgumentParser, name: str) -> Callable[[argpar
     return f
 
 
-__all__ = ["register", "make_client", "endpoints_of", "client_options", "Unavailable"]
+__all__ = ["Unavailable", "client_options", "endpoints_of", "make_client", "register"]

@@ -43,15 +43,16 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ..client import AsyncClient, ClientError, Unavailable, WatchCompacted, WatchError
 from ..client.backoff import Backoff, Deadline
 from ..client.model import Event, RangeResult
+from . import OWN_ENV
 from . import template as T
 from .__main__ import CliError, duration
 from .commands import client_options, endpoints_of
-from . import OWN_ENV
 from .envmap import build_env
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -187,7 +188,7 @@ class Child:
             self.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self.done), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log(f"{self.argv[0]} did not stop within {grace:g}s: killing it")
                 self.signal(signal.SIGKILL)
         await self.done
@@ -531,7 +532,7 @@ async def run_elect(args: argparse.Namespace) -> int:
                 lease.close()
                 try:
                     await asyncio.wait_for(client.revoke(lease.id), 2.0)
-                except (ClientError, asyncio.TimeoutError):
+                except (TimeoutError, ClientError):
                     pass
                 raise
             log(f"elected: {leader.key.decode(errors='replace')} (revision {leader.revision}); starting "
@@ -576,14 +577,14 @@ async def run_elect(args: argparse.Namespace) -> int:
                 lease.close()
                 try:
                     await asyncio.wait_for(client.revoke(lease.id), 2.0)
-                except (ClientError, asyncio.TimeoutError):
+                except (TimeoutError, ClientError):
                     pass
                 continue  # campaign again
             status = child.status
             log(f"{args.child_argv[0]} exited with status {status}: resigning")
             try:
                 await asyncio.wait_for(leader.resign(), args.command_timeout)
-            except (ClientError, asyncio.TimeoutError):
+            except (TimeoutError, ClientError):
                 lease.close()
             return status
     finally:
@@ -632,7 +633,7 @@ async def run_lock(args: argparse.Namespace) -> int:
         status = child.status
         try:
             await asyncio.wait_for(lock.release(), args.command_timeout)
-        except (ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ClientError) as e:
             log(f"release failed ({e}); the lock frees itself when its lease expires")
         return status
     finally:

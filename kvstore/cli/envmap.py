@@ -21,7 +21,7 @@ warning.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
 

@@ -5,7 +5,8 @@ import base64
 import json
 import sys
 import time
-from typing import IO, Any, Sequence
+from collections.abc import Sequence
+from typing import IO, Any
 
 
 def text(b: bytes) -> str:

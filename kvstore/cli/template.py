@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Union
 
 from .envmap import build_env, decode, env_name
 
@@ -34,12 +33,12 @@ class TemplateError(Exception):
 @dataclass
 class _Loop:
     prefix: str
-    body: list[Union[str, "_Loop"]] = field(default_factory=list)
+    body: list[str | _Loop] = field(default_factory=list)
 
 
-def parse(text: str) -> list[Union[str, _Loop]]:
-    root: list[Union[str, _Loop]] = []
-    stack: list[list[Union[str, _Loop]]] = [root]
+def parse(text: str) -> list[str | _Loop]:
+    root: list[str | _Loop] = []
+    stack: list[list[str | _Loop]] = [root]
     pos = 0
     for m in _TAG.finditer(text):
         if m.start() > pos:
@@ -80,7 +79,7 @@ def render(text: str, kvs: dict[bytes, bytes] | list[tuple[bytes, bytes]], prefi
     env, _warnings = build_env(items, prefix, env_prefix)
     out: list[str] = []
 
-    def walk(nodes: list[Union[str, _Loop]], variables: dict[str, str]) -> None:
+    def walk(nodes: list[str | _Loop], variables: dict[str, str]) -> None:
         for node in nodes:
             if isinstance(node, str):
                 out.append(_subst(node, variables, missing))

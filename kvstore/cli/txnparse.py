@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..client.txn import Compare, Op, compare, delete, get, put
 

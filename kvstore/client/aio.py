@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import IO, Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import IO, Any
 
 import grpc
 
@@ -18,7 +19,16 @@ from . import core
 from . import model as M
 from .backoff import Deadline
 from .core import AMBIGUOUS, FATAL, NOT_SENT, REAUTH, Call, Endpoint, Operations
-from .errors import ClientError, LeaseExpired, LockTimeout, NotLeader, Timeout, Unavailable, WatchError, server_error
+from .errors import (
+    ClientError,
+    LeaseExpired,
+    LockTimeout,
+    NotLeader,
+    Timeout,
+    Unavailable,
+    WatchError,
+    server_error,
+)
 from .sync import SnapshotAccumulator, SnapshotInfo
 from .txn import Compare, create_revision
 from .watchstate import FATAL_WATCH_CODES, WatchResume
@@ -86,7 +96,7 @@ class AsyncClient(Operations):
         try:
             await asyncio.wait_for(self._channel(ep).channel_ready(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def _metadata(self, ep: Endpoint, extra: Sequence[tuple[str, str]], dl: Deadline) -> list[tuple[str, str]]:
@@ -177,7 +187,7 @@ class AsyncClient(Operations):
     async def watch(self, key: M.Bytesish, range_end: M.Bytesish | None = None, *, prefix: bool = False,
                     from_key: bool = False, start_revision: int = 0, prev_kv: bool = False,
                     progress_notify: bool = False, no_put: bool = False, no_delete: bool = False,
-                    timeout: float | None = None) -> "AsyncWatch":
+                    timeout: float | None = None) -> AsyncWatch:
         create = M.watch_create(key, range_end, prefix=prefix, from_key=from_key, start_revision=start_revision,
                                 prev_kv=prev_kv, progress_notify=progress_notify, no_put=no_put,
                                 no_delete=no_delete)
@@ -185,17 +195,17 @@ class AsyncClient(Operations):
         await w._start(self.timeout if timeout is None else timeout)
         return w
 
-    async def watch_prefix(self, prefix: M.Bytesish, **kw: Any) -> "AsyncWatch":
+    async def watch_prefix(self, prefix: M.Bytesish, **kw: Any) -> AsyncWatch:
         return await self.watch(prefix, prefix=True, **kw)
 
-    async def lease(self, ttl: int, *, keepalive: bool = True, timeout: float | None = None) -> "AsyncLease":
+    async def lease(self, ttl: int, *, keepalive: bool = True, timeout: float | None = None) -> AsyncLease:
         g = await self.grant(ttl, id=core.random_lease_id(), timeout=timeout)
         return AsyncLease(self, g.id, g.ttl, keepalive)
 
-    def lock(self, name: M.Bytesish, *, ttl: int = 60, lease: "AsyncLease | None" = None) -> "AsyncLock":
+    def lock(self, name: M.Bytesish, *, ttl: int = 60, lease: AsyncLease | None = None) -> AsyncLock:
         return AsyncLock(self, name, ttl, lease)
 
-    def election(self, name: M.Bytesish) -> "AsyncElection":
+    def election(self, name: M.Bytesish) -> AsyncElection:
         return AsyncElection(self, name)
 
     async def snapshot(self, out: IO[bytes], *, endpoint: str | None = None,
@@ -241,7 +251,7 @@ class AsyncClient(Operations):
         for c in chans:
             await c.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -298,7 +308,7 @@ class AsyncWatch:
                     if created:
                         return call
                     last = f"{ep.target}: watch stream ended"
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     last = f"{ep.target}: watch not confirmed in time"
                     if call is not None:
                         call.cancel()
@@ -367,7 +377,7 @@ class AsyncWatch:
     async def get(self, timeout: float | None = None) -> M.Event | None:
         try:
             item = await asyncio.wait_for(self._q.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if item is _END:
             self._q.put_nowait(_END)
@@ -400,7 +410,7 @@ class AsyncWatch:
         self._q.put_nowait(_END)
         self._c._disown(self)
 
-    async def __aenter__(self) -> "AsyncWatch":
+    async def __aenter__(self) -> AsyncWatch:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -417,7 +427,7 @@ class AsyncLease:
         self.ttl = ttl
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self._callbacks: list[Callable[["AsyncLease"], None]] = []
+        self._callbacks: list[Callable[[AsyncLease], None]] = []
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._expires = loop.time() + ttl
@@ -433,7 +443,7 @@ class AsyncLease:
     def remaining(self) -> float:
         return 0.0 if self.lost.is_set() else max(0.0, self._expires - self._loop.time())
 
-    def on_lost(self, cb: Callable[["AsyncLease"], None]) -> None:
+    def on_lost(self, cb: Callable[[AsyncLease], None]) -> None:
         self._callbacks.append(cb)
         if self.lost.is_set():
             cb(self)
@@ -490,7 +500,7 @@ class AsyncLease:
                 raise
         self._lose("revoked")
 
-    async def __aenter__(self) -> "AsyncLease":
+    async def __aenter__(self) -> AsyncLease:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -526,7 +536,7 @@ class AsyncLock:
     def held(self) -> bool:
         return self._acquired and self.lease is not None and self.lease.alive
 
-    async def acquire(self, timeout: float | None = None) -> "AsyncLock":
+    async def acquire(self, timeout: float | None = None) -> AsyncLock:
         dl = Deadline(timeout)
         own = self._given_lease is None
         lease = self.lease if not own else await self._c.lease(self.ttl, timeout=dl.cap(self._c.timeout))
@@ -562,7 +572,7 @@ class AsyncLock:
             if self._given_lease is None and self.lease is not None:
                 await _drop_lease(self.lease)
 
-    async def __aenter__(self) -> "AsyncLock":
+    async def __aenter__(self) -> AsyncLock:
         return await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -570,7 +580,7 @@ class AsyncLock:
 
 
 class AsyncLeadership:
-    def __init__(self, election: "AsyncElection", leader: v3election_pb2.LeaderKey, lease: AsyncLease,
+    def __init__(self, election: AsyncElection, leader: v3election_pb2.LeaderKey, lease: AsyncLease,
                  own_lease: bool) -> None:
         self._e = election
         self.leader_key = leader
@@ -609,7 +619,7 @@ class AsyncLeadership:
             if self._own:
                 await _drop_lease(self.lease)
 
-    async def __aenter__(self) -> "AsyncLeadership":
+    async def __aenter__(self) -> AsyncLeadership:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -641,7 +651,7 @@ class AsyncElection:
     async def leader(self) -> M.KeyValue | None:
         return await self._c.leader(self.name)
 
-    def observe(self) -> "AsyncObservation":
+    def observe(self) -> AsyncObservation:
         return AsyncObservation(self._c, self.name)
 
 

@@ -25,16 +25,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 
-from ..pb import rpc_pb2, rpc_pb2_grpc, v3election_pb2, v3election_pb2_grpc, v3lock_pb2, v3lock_pb2_grpc
+from ..pb import (
+    rpc_pb2,
+    rpc_pb2_grpc,
+    v3election_pb2,
+    v3election_pb2_grpc,
+    v3lock_pb2,
+    v3lock_pb2_grpc,
+)
 from . import model as M
 from .backoff import Backoff
-from .errors import ClientError, OutcomeUnknown, Timeout, Unavailable, server_error
+from .errors import ClientError, OutcomeUnknown, Timeout, Unavailable
 from .txn import TxnBuilder
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -116,7 +124,7 @@ class Endpoint:
     tls: bool | None  # True for https://, False for http://, None: from the client options
 
     @classmethod
-    def parse(cls, text: str) -> "Endpoint":
+    def parse(cls, text: str) -> Endpoint:
         t = text.strip()
         if not t:
             raise ValueError("empty endpoint")

@@ -135,5 +135,5 @@ def server_error(code: object, message: str) -> ClientError:
     msg = message or name
     for needle, cls in _BY_MESSAGE:
         if needle in msg:
-            return cls(msg, name) if issubclass(cls, ServerError) else cls(msg, name)
+            return cls(msg, name)
     return _BY_CODE.get(name, ServerError)(msg, name)

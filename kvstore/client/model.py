@@ -55,7 +55,7 @@ class Header:
     raft_term: int = 0
 
     @classmethod
-    def of(cls, h: rpc_pb2.ResponseHeader) -> "Header":
+    def of(cls, h: rpc_pb2.ResponseHeader) -> Header:
         return cls(h.cluster_id, h.member_id, h.revision, h.raft_term)
 
 
@@ -69,7 +69,7 @@ class KeyValue:
     lease: int = 0
 
     @classmethod
-    def of(cls, kv: kv_pb2.KeyValue) -> "KeyValue":
+    def of(cls, kv: kv_pb2.KeyValue) -> KeyValue:
         return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
 
     @property
@@ -101,7 +101,7 @@ class Event:
         return self.kv.mod_revision
 
     @classmethod
-    def of(cls, ev: kv_pb2.Event) -> "Event":
+    def of(cls, ev: kv_pb2.Event) -> Event:
         return cls(
             "DELETE" if ev.type == kv_pb2.Event.DELETE else "PUT",
             KeyValue.of(ev.kv),
@@ -151,7 +151,7 @@ class DeleteResult:
 @dataclass(frozen=True)
 class TxnResult:
     succeeded: bool
-    responses: list[Union[RangeResult, PutResult, DeleteResult, "TxnResult"]]
+    responses: list[RangeResult | PutResult | DeleteResult | TxnResult]
     header: Header
     retried: bool = False  # a guarded txn that was sent again after an ambiguous failure
 
@@ -184,7 +184,7 @@ class Member:
     is_learner: bool = False
 
     @classmethod
-    def of(cls, m: rpc_pb2.Member) -> "Member":
+    def of(cls, m: rpc_pb2.Member) -> Member:
         return cls(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), m.isLearner)
 
 

@@ -12,7 +12,8 @@ import queue
 import threading
 import time
 import weakref
-from typing import IO, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
 
 import grpc
 
@@ -35,7 +36,7 @@ from .txn import Compare, create_revision
 from .watchstate import FATAL_WATCH_CODES, WatchResume
 
 _END = object()
-_LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 @atexit.register
@@ -215,7 +216,7 @@ class Client(Operations):
     def watch(self, key: M.Bytesish, range_end: M.Bytesish | None = None, *, prefix: bool = False,
               from_key: bool = False, start_revision: int = 0, prev_kv: bool = False,
               progress_notify: bool = False, no_put: bool = False, no_delete: bool = False,
-              timeout: float | None = None) -> "Watch":
+              timeout: float | None = None) -> Watch:
         """Start a watch (returns once the server confirmed it): iterate it for
         ``Event``s. It survives endpoint failures and leader changes without
         losing or repeating events; it raises ``WatchCompacted`` when it cannot."""
@@ -224,24 +225,24 @@ class Client(Operations):
                                 no_delete=no_delete)
         return Watch(self, WatchResume(create, f"watch {core.describe(key)}"), timeout)
 
-    def watch_prefix(self, prefix: M.Bytesish, **kw: Any) -> "Watch":
+    def watch_prefix(self, prefix: M.Bytesish, **kw: Any) -> Watch:
         return self.watch(prefix, prefix=True, **kw)
 
-    def lease(self, ttl: int, *, keepalive: bool = True, timeout: float | None = None) -> "Lease":
+    def lease(self, ttl: int, *, keepalive: bool = True, timeout: float | None = None) -> Lease:
         """Grant a lease (client-chosen ID, so the grant is retried safely) and
         keep it alive in the background until ``revoke()``/``close()``."""
         g = self.grant(ttl, id=core.random_lease_id(), timeout=timeout)
         return Lease(self, g.id, g.ttl, keepalive)
 
-    def lock(self, name: M.Bytesish, *, ttl: int = 60, lease: "Lease | None" = None) -> "Lock":
+    def lock(self, name: M.Bytesish, *, ttl: int = 60, lease: Lease | None = None) -> Lock:
         """A distributed lock (server-side v3lock). ``with c.lock("jobs") as lk:``"""
         return Lock(self, name, ttl, lease)
 
-    def election(self, name: M.Bytesish) -> "Election":
+    def election(self, name: M.Bytesish) -> Election:
         return Election(self, name)
 
     def snapshot(self, out: IO[bytes], *, endpoint: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, timeout: float | None = None) -> "SnapshotInfo":
+                 progress: Callable[[int, int], None] | None = None, timeout: float | None = None) -> SnapshotInfo:
         """Stream a snapshot of the store into ``out``: the database followed by
         its 32-byte SHA-256, as etcdctl writes it. The digest is verified."""
         total_t = math.inf if timeout is None else timeout
@@ -288,9 +289,16 @@ class Client(Operations):
             w = watchers.get(ep)
             if w is not None:
                 c.unsubscribe(w.update)
+        # gRPC's connectivity poller notices the unsubscription within 0.2 s;
+        # closing the channel under it makes it raise in its thread.
+        deadline = time.monotonic() + 0.5
+        for c in chans.values():
+            state = getattr(c, "_connectivity_state", None)
+            while getattr(state, "polling", False) and time.monotonic() < deadline:
+                time.sleep(0.01)
             c.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -507,7 +515,7 @@ class Watch:
         self._q.put(_END)
         self._c._disown(self)
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -529,7 +537,7 @@ class Lease:
         self.lost = threading.Event()
         self.lost_reason = ""
         self._stop = threading.Event()
-        self._callbacks: list[Callable[["Lease"], None]] = []
+        self._callbacks: list[Callable[[Lease], None]] = []
         self._expires = time.monotonic() + ttl
         self._thread: threading.Thread | None = None
         if keepalive:
@@ -545,7 +553,7 @@ class Lease:
         """Seconds the lease is known to live at least (0 when lost)."""
         return 0.0 if self.lost.is_set() else max(0.0, self._expires - time.monotonic())
 
-    def on_lost(self, cb: Callable[["Lease"], None]) -> None:
+    def on_lost(self, cb: Callable[[Lease], None]) -> None:
         self._callbacks.append(cb)
         if self.lost.is_set():
             cb(self)
@@ -609,7 +617,7 @@ class Lease:
                 raise
         self._lose("revoked")
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -642,7 +650,7 @@ class Lock:
     def held(self) -> bool:
         return self._acquired and self.lease is not None and self.lease.alive
 
-    def acquire(self, timeout: float | None = None) -> "Lock":
+    def acquire(self, timeout: float | None = None) -> Lock:
         dl = Deadline(timeout)
         own = self._given_lease is None
         lease = self.lease if not own else self._c.lease(self.ttl, timeout=dl.cap(self._c.timeout))
@@ -685,7 +693,7 @@ class Lock:
                 except ClientError:
                     self.lease.close()
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -695,7 +703,7 @@ class Lock:
 class Leadership:
     """Won leadership of an election (``Election.campaign``)."""
 
-    def __init__(self, election: "Election", leader: v3election_pb2.LeaderKey, lease: Lease, own_lease: bool) -> None:
+    def __init__(self, election: Election, leader: v3election_pb2.LeaderKey, lease: Lease, own_lease: bool) -> None:
         self._e = election
         self.leader_key = leader
         self.lease = lease
@@ -737,7 +745,7 @@ class Leadership:
                 except ClientError:
                     self.lease.close()
 
-    def __enter__(self) -> "Leadership":
+    def __enter__(self) -> Leadership:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -775,7 +783,7 @@ class Election:
     def leader(self) -> M.KeyValue | None:
         return self._c.leader(self.name)
 
-    def observe(self) -> "Observation":
+    def observe(self) -> Observation:
         """Iterate the leader's KeyValue now and after every change."""
         return Observation(self._c, self.name)
 

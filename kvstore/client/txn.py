@@ -23,10 +23,18 @@ writing transaction never is.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..pb import rpc_pb2
-from .model import Bytesish, delete_request, key_range, put_request, range_request, to_bytes
+from .model import (
+    Bytesish,
+    delete_request,
+    key_range,
+    put_request,
+    range_request,
+    to_bytes,
+)
 
 _C = rpc_pb2.Compare
 _RESULTS = {"==": _C.EQUAL, "!=": _C.NOT_EQUAL, "<": _C.LESS, ">": _C.GREATER}
@@ -71,10 +79,10 @@ class _Target:
         setattr(c, self.field, operand)
         return Compare(c)
 
-    def __eq__(self, other: Any) -> Compare:  # type: ignore[override]
+    def __eq__(self, other: object) -> Compare:  # type: ignore[override]
         return self._cmp("==", other)
 
-    def __ne__(self, other: Any) -> Compare:  # type: ignore[override]
+    def __ne__(self, other: object) -> Compare:  # type: ignore[override]
         return self._cmp("!=", other)
 
     def __lt__(self, other: Any) -> Compare:
@@ -159,7 +167,7 @@ def build_txn(compares: Iterable[Compare], success: Iterable[Op], failure: Itera
     )
 
 
-def _as_compare(c: Union[Compare, rpc_pb2.Compare]) -> Compare:
+def _as_compare(c: Compare | rpc_pb2.Compare) -> Compare:
     if isinstance(c, Compare):
         return c
     if isinstance(c, rpc_pb2.Compare):
@@ -167,7 +175,7 @@ def _as_compare(c: Union[Compare, rpc_pb2.Compare]) -> Compare:
     raise TypeError(f"not a compare: {c!r} (build one with value(k) == v, version(k) > 0, ...)")
 
 
-def _as_op(o: Union[Op, rpc_pb2.RequestOp]) -> Op:
+def _as_op(o: Op | rpc_pb2.RequestOp) -> Op:
     if isinstance(o, Op):
         return o
     if isinstance(o, rpc_pb2.RequestOp):
@@ -190,19 +198,19 @@ class TxnBuilder:
             raise ValueError(f"txn: {part}() given twice")
         self._done.add(part)
 
-    def if_(self, *compares: Compare) -> "TxnBuilder":
+    def if_(self, *compares: Compare) -> TxnBuilder:
         self._once("if_")
         if "then" in self._done or "else_" in self._done:
             raise ValueError("txn: if_() must come before then()/else_()")
         self._compares.extend(_as_compare(c) for c in compares)
         return self
 
-    def then(self, *ops: Op) -> "TxnBuilder":
+    def then(self, *ops: Op) -> TxnBuilder:
         self._once("then")
         self._success.extend(_as_op(o) for o in ops)
         return self
 
-    def else_(self, *ops: Op) -> "TxnBuilder":
+    def else_(self, *ops: Op) -> TxnBuilder:
         self._once("else_")
         self._failure.extend(_as_op(o) for o in ops)
         return self
