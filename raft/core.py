@@ -47,7 +47,7 @@ _UNTERMED = (MsgType.PROP, MsgType.READ_INDEX)
 
 class ReadOnlyOption(IntEnum):
     SAFE = 0  # confirm leadership with a heartbeat round (one per batch)
-    LEASE_BASED = 1  # trust the CheckQuorum lease; no round trip
+    LEASE_BASED = 1  # refused by Config.validate: unsafe in this core (see there)
 
 
 @dataclass
@@ -71,8 +71,11 @@ class Config:
             raise ValueError("election_tick must be greater than heartbeat_tick > 0")
         if self.max_inflight_msgs <= 0:
             raise ValueError("max_inflight_msgs must be positive")
-        if self.read_only == ReadOnlyOption.LEASE_BASED and not self.check_quorum:
-            raise ValueError("lease-based reads require check_quorum")
+        if self.read_only == ReadOnlyOption.LEASE_BASED:
+            # The simulator showed a deposed leader answering lease reads and a
+            # restarted follower voting inside the lease: unsafe without
+            # bounded clock drift and a vote delay after restart. Refused.
+            raise ValueError("lease-based reads are not supported (unsafe); use ReadOnlyOption.SAFE")
 
 
 class _PendingRead:

@@ -135,6 +135,8 @@ class RaftNode:
         self.leader_changed = asyncio.Event()
         self._last_leader = NONE
         self.stats = NodeStats()
+        hard, _ = storage.initial_state()
+        self._durable_term_vote = (hard.term, hard.vote)
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -307,7 +309,11 @@ class RaftNode:
         acknowledgements) waits for the fsync."""
         early: list[Message] = []
         late: list[Message] = []
-        leader = self.raft.role == Role.LEADER
+        hs = rd.hard_state
+        # Not when this Ready changes the term or vote: a crash before the
+        # fsync could let this node win the same term again with other
+        # entries at the same index and term.
+        leader = self.raft.role == Role.LEADER and (hs is None or (hs.term, hs.vote) == self._durable_term_vote)
         for m in rd.messages:
             if m.type == MsgType.SNAP:
                 self._describe_current_state(m)
@@ -317,17 +323,23 @@ class RaftNode:
                 late.append(m)
         return early, late
 
+    def _note_durable(self, rd: Ready) -> None:
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+
     async def _persist(self, rd: Ready) -> None:
         """Write one Ready to the log. The fsync runs on the storage thread so
         the loop keeps accepting requests meanwhile: they form the next batch."""
         if not (rd.entries or rd.hard_state is not None or rd.snapshot is not None):
             return
         if not rd.must_sync or not getattr(self.storage, "thread_safe", False):
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, False)
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
+            self._note_durable(rd)
             return
         loop = asyncio.get_running_loop()
         start = loop.time()
         await loop.run_in_executor(self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot, True)
+        self._note_durable(rd)
         if self.opts.observe_fsync is not None:
             self.opts.observe_fsync(loop.time() - start)
 
