@@ -127,6 +127,10 @@ def test_lease_commands(capsys, eps):
 
 def test_cluster_commands(capsys, cluster):
     e = ["--endpoints", ",".join(cluster.endpoints)]
+    with Client(cluster.endpoints) as c:  # members publish their client URLs shortly after start
+        deadline = time.monotonic() + 30
+        while not all(m.client_urls for m in c.member_list()) and time.monotonic() < deadline:
+            time.sleep(0.05)
     rows = table_rows(ok(capsys, *e, "member", "list"))
     assert rows[0] == ["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"]
     assert sorted(r[2] for r in rows[1:]) == ["n1", "n2", "n3"]
@@ -140,6 +144,19 @@ def test_cluster_commands(capsys, cluster):
     rows = table_rows(ok(capsys, *e, "endpoint", "health", "--cluster", "-w", "table"))
     assert [r[1] for r in rows[1:]] == ["true"] * 3
     assert "is healthy" in ok(capsys, *e, "-w", "simple", "endpoint", "health")
+
+    # a learner that never starts: added, not promotable, removed
+    peer = f"http://127.0.0.1:{free_ports(1)[0]}"
+    out = ok(capsys, *e, "member", "add", "n4", "--peer-urls", peer, "--learner")
+    assert out.startswith("Learner member ") and 'KVSTORE_INITIAL_CLUSTER_STATE="existing"' in out
+    assert f"n4={peer}" in out
+    new_id = out.split()[2]
+    rows = table_rows(ok(capsys, *e, "member", "list"))
+    assert [r[5] for r in rows if r[0] == new_id] == ["true"]
+    rc, _, err = run(capsys, *e, "member", "promote", new_id)
+    assert rc == 1 and err.startswith("Error: ") and "learner" in err and err.count("\n") == 1
+    assert ok(capsys, *e, "member", "remove", new_id).startswith(f"Member {new_id} removed from cluster ")
+    assert len(table_rows(ok(capsys, *e, "member", "list"))) == 4
 
     assert ok(capsys, *e, "alarm", "list") == ""
     rev = Client(cluster.endpoints).put("/compact-me", "x").revision
