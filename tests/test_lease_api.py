@@ -23,6 +23,7 @@ pytest.importorskip("raft.transport", reason="the peer transport has not landed 
 from kvstore.apply import Applier  # noqa: E402
 from kvstore.lease import FORWARD_HEADER, Lessor  # noqa: E402
 from kvstore.mvcc import MvccStore  # noqa: E402
+from kvstore.server import KvServer
 from kvstore.pb import internal_pb2, rpc_pb2, rpc_pb2_grpc  # noqa: E402
 from raft.types import Entry, EntryType  # noqa: E402
 
@@ -85,6 +86,8 @@ class InProcServer:
         await asyncio.sleep(0)
 
     learner = False
+    client_tls = None
+    member_channel = KvServer.member_channel  # forwarding to the leader's client URL
 
     def has_leader(self) -> bool:
         return self.node.leader != 0
