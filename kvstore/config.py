@@ -48,6 +48,7 @@ class ServerConfig:
     key_file: str = ""
     trusted_ca_file: str = ""
     client_cert_auth: bool = False
+    force_new_cluster: bool = False
     auto_tls: bool = False
     # Peer TLS.
     peer_cert_file: str = ""
@@ -94,6 +95,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("initial-cluster", "cluster", "initial cluster: name=peerURL,name=peerURL,..."),
     ("initial-cluster-state", "choice:new|existing", "new cluster or join an existing one"),
     ("initial-cluster-token", "str", "initial cluster token, unique per cluster"),
+    ("force-new-cluster", "bool", "recover from a lost majority: restart as a one-member cluster with this member's data"),
     ("listen-client-http-urls", "urls", f"URLs for the HTTP API and /health (default {DEFAULT_HTTP_URL})"),
     ("listen-metrics-urls", "urls", "extra URLs serving /metrics and /health"),
     ("heartbeat-interval", "int", "time (ms) of a heartbeat interval"),

@@ -109,6 +109,12 @@ class KvServer:
         fresh = raft_store.last_index() == 0 and raft_store.snapshot().is_empty
         if fresh and self.cfg.initial_cluster_state == "new":
             self._bootstrap(raft_store)
+        elif not fresh and getattr(self.cfg, "force_new_cluster", False):
+            removed = force_new_cluster(self.member_id, raft_store)
+            log.warning(
+                "--force-new-cluster: this member is now a one-member cluster (removed %s)",
+                ", ".join(f"{m:x}" for m in removed) or "nobody",
+            )
         self.applier = Applier(self.store, self.member_id, self._on_result, self._on_members_changed)
         self.applier.observe_commit = self.metrics.backend_commit.observe
         self.metrics.bind(self)
@@ -405,6 +411,40 @@ def bootstrap_log(cfg: ServerConfig, raft_store: LmdbStorage) -> None:
         cc = ConfChange(ConfChangeType.ADD_NODE, mid, ctx.SerializeToString())
         ents.append(Entry(1, i, EntryType.CONF_CHANGE, cc.encode()))
     raft_store.save(HardState(term=1, vote=NONE, commit=len(ents)), ents, None, True)
+
+
+def force_new_cluster(member_id: int, raft_store: LmdbStorage) -> list[int]:
+    """Recover from the loss of a majority (etcd's --force-new-cluster): drop
+    the uncommitted tail and commit conf changes that remove every other
+    member, so this member alone is the cluster, with all committed data.
+    Returns the removed member IDs."""
+    hard, conf = raft_store.initial_state()
+    snap_index = raft_store.snapshot().meta.index
+    commit = max(hard.commit, snap_index)
+    others = set(conf.voters) | set(conf.learners)
+    if commit > snap_index:
+        for e in raft_store.entries(snap_index + 1, commit + 1):
+            if e.type != EntryType.CONF_CHANGE:
+                continue
+            try:
+                cc = ConfChange.decode(e.data)
+            except ValueError:
+                continue
+            if cc.type == ConfChangeType.REMOVE_NODE:
+                others.discard(cc.node_id)
+            else:
+                others.add(cc.node_id)
+    others.discard(member_id)
+    removed = sorted(others)
+    term = hard.term or 1
+    ents = [
+        Entry(term, commit + i, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.REMOVE_NODE, mid).encode())
+        for i, mid in enumerate(removed, 1)
+    ]
+    if ents:
+        # Entries at commit+1 replace (and so discard) any uncommitted tail.
+        raft_store.save(HardState(term=term, vote=hard.vote, commit=commit + len(ents)), ents, None, True)
+    return removed
 
 
 def remove_data_dir(path: str) -> None:

@@ -159,3 +159,23 @@ def test_new_member_catches_up_by_snapshot() -> None:
             m = rpc_pb2_grpc.MaintenanceStub(grpc.insecure_channel(n.endpoint))
             hashes.add(retry(lambda: m.HashKV(rpc_pb2.HashKVRequest(revision=rev), timeout=5)).hash)
         assert len(hashes) == 1
+
+
+def test_force_new_cluster_recovers_from_a_lost_majority() -> None:
+    with Cluster(3) as c:
+        c.start()
+        n1 = c.nodes[0]
+        for i in range(20):
+            retry(lambda: kv(n1).Put(rpc_pb2.PutRequest(key=b"fnc/%02d" % i, value=b"v"), timeout=5))
+        rev = kv(n1).Range(rpc_pb2.RangeRequest(key=b"fnc/19")).kvs[0].mod_revision
+        for n in c.nodes:
+            n.kill()  # the majority is gone for good
+        n1.extra_args.append("--force-new-cluster")
+        n1.restart()
+        c.wait_healthy(30, [n1])
+        r = retry(lambda: kv(n1).Range(rpc_pb2.RangeRequest(key=b"fnc/", range_end=b"fnc0"), timeout=5))
+        assert len(r.kvs) == 20 and r.kvs[-1].mod_revision == rev
+        cl = rpc_pb2_grpc.ClusterStub(grpc.insecure_channel(n1.endpoint))
+        assert [m.name for m in cl.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members] == ["n1"]
+        retry(lambda: kv(n1).Put(rpc_pb2.PutRequest(key=b"fnc/after", value=b"w"), timeout=5))
+        assert get(n1, b"fnc/after") == b"w"
