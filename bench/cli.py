@@ -97,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=1,
-        help="run each workload N times (alternating systems); report medians",
+        help="run each workload N times (alternating systems); report medians. restart-N and "
+        "snapshot-N repeat their measurement N times on the same loaded cluster; mem-N runs once",
     )
     p.add_argument(
         "--loadgen",
@@ -489,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_clients": args.load_clients,
             "load_value_size": args.load_value_size,
             "snapshot_count": args.snapshot_count,
+            "repeat": args.repeat,
         }
     meta["loadavg_end"] = loadavg()
     meta["failed_to_start"] = failed_start
@@ -585,6 +587,7 @@ def run_scenarios(
             clients=args.load_clients,
             snapshot_count=args.snapshot_count,
             timeout=args.scale_timeout,
+            repeat=args.repeat,
             log=log,
         )
         try:

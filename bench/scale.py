@@ -29,7 +29,9 @@ import asyncio
 import importlib
 import re
 import resource
+import shutil
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -306,6 +308,7 @@ class ScaleRunner:
         clients: int = 16,
         snapshot_count: int = SNAPSHOT_COUNT,
         timeout: float = 600.0,
+        repeat: int = 1,
         log: Callable[[str], None] = print,
     ) -> None:
         self.system = system
@@ -317,6 +320,7 @@ class ScaleRunner:
         self.clients = clients
         self.snapshot_count = snapshot_count
         self.timeout = timeout
+        self.repeat = max(1, repeat)  # restart/snapshot measurements per scenario (medians)
         self.log = log
         self.clusters: dict[str, Cluster] = {}  # "plain" (default flags) / "snap"
         self.loaded: dict[str, int] = {}
@@ -572,26 +576,50 @@ class ScaleRunner:
             time.sleep(0.05)
         return health_s, read_s
 
+    def _aggregate(self, res: Result, runs: list[dict[str, float]]) -> None:
+        """Median of each metric over ``runs`` into res.metrics; every run in extra["runs"]."""
+        keys: list[str] = []
+        for r in runs:
+            keys += [k for k in r if k not in keys]
+        for k in keys:
+            vals = [r[k] for r in runs if r.get(k) is not None]
+            res.metrics[k] = statistics.median(vals) if vals else None
+        if len(runs) > 1:
+            res.extra["runs"] = [{k: round(v, 3) for k, v in r.items()} for r in runs]
+
     def _run_restart(self, sc: Scenario, res: Result) -> None:
         c = self.ensure_keys("plain", sc.keys)
         expected = str(sc.keys).encode()
         m = self._follower(c)
         res.extra["member"] = m.name
-        for tag, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
-            self.log(f"  {self.system}: {tag.upper()} {m.name}, restart")
-            res.metrics[f"{tag}_stop_s"] = c.stop_member(m, sig)
-            res.extra[f"{tag}_returncode"] = m.proc.returncode if m.proc else None
-            health_s, read_s = self._time_start(c, m, expected, serializable=False)
-            res.metrics[f"{tag}_health_s"] = health_s
-            res.metrics[f"{tag}_read_s"] = read_s
-            self.log(f"    /health after {health_s:.2f}s, linearizable read after {read_s:.2f}s")
+        runs: list[dict[str, float]] = []
+        for i in range(self.repeat):
+            run: dict[str, float] = {}
+            for tag, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
+                self.log(f"  {self.system}: {tag.upper()} {m.name}, restart ({i + 1}/{self.repeat})")
+                run[f"{tag}_stop_s"] = c.stop_member(m, sig)
+                res.extra[f"{tag}_returncode"] = m.proc.returncode if m.proc else None
+                health_s, read_s = self._time_start(c, m, expected, serializable=False)
+                run[f"{tag}_health_s"] = health_s
+                run[f"{tag}_read_s"] = read_s
+                self.log(f"    /health after {health_s:.2f}s, linearizable read after {read_s:.2f}s")
+            runs.append(run)
         time.sleep(1.0)
         if m.proc is not None:
-            res.metrics["rss_after_mib"] = proc_status_kib(m.proc.pid).get("VmRSS", 0) / 1024
+            runs[-1]["rss_after_mib"] = proc_status_kib(m.proc.pid).get("VmRSS", 0) / 1024
+        self._aggregate(res, runs)
         res.extra["raft_index"] = self._status(m).raftIndex
         res.note = (
-            f"{m.name} (follower); raft index {res.extra['raft_index']:,}; "
-            f"SIGTERM exit {res.metrics['term_stop_s']:.2f}s"
+            f"{m.name} (follower); raft index {res.extra['raft_index']:,}"
+            + (
+                "; SIGTERM->read runs "
+                + " / ".join(f"{r['term_read_s']:.2f}" for r in runs)
+                + " s, SIGKILL->read "
+                + " / ".join(f"{r['kill_read_s']:.2f}" for r in runs)
+                + " s (medians shown)"
+                if len(runs) > 1
+                else ""
+            )
         )
 
     def _run_snapshot(self, sc: Scenario, res: Result) -> None:
@@ -605,7 +633,23 @@ class ScaleRunner:
             self.ensure_keys("snap", sc.keys)  # rewrite the last key: it is the newest again
         st = self._status(c.members[0])
         res.extra["raft_index"] = st.raftIndex
-        res.metrics["db_mib"] = st.dbSize / 2**20
+        db_mib = st.dbSize / 2**20
+        runs: list[dict[str, float]] = []
+        notes: list[str] = []
+        for i in range(self.repeat):
+            run, note = self._add_member_once(c, expected, f"({i + 1}/{self.repeat})")
+            run["db_mib"] = db_mib
+            runs.append(run)
+            notes.append(note)
+        self._aggregate(res, runs)
+        res.note = f"raft index {res.extra['raft_index']:,}; " + "; ".join(sorted(set(notes)))
+        if len(runs) > 1:
+            res.note += "; start->last key runs " + " / ".join(
+                f"{r['add_data_s']:.2f}" for r in runs
+            ) + " s (medians shown)"
+
+    def _add_member_once(self, c: Cluster, expected: bytes, tag: str) -> tuple[dict[str, float], str]:
+        """Add a member, time it until it serves LAST_KEY, remove it again."""
         self._added += 1
         new = c.add_member(f"a{self._added}")
         rpc, _ = self._pb()
@@ -620,29 +664,29 @@ class ScaleRunner:
             ),
         )
         c.members.append(new)
-        self.log(f"  {self.system}: added {new.name}, starting it")
+        self.log(f"  {self.system}: added {new.name}, starting it {tag}")
+        run: dict[str, float] = {}
         try:
             health_s, data_s = self._time_start(c, new, expected, serializable=True)
-            res.metrics["add_health_s"] = health_s
-            res.metrics["add_data_s"] = data_s
+            run["add_health_s"] = health_s
+            run["add_data_s"] = data_s
             self.log(f"    /health after {health_s:.2f}s, serves the last key after {data_s:.2f}s")
             keys = self._count_keys(new)
-            res.extra["keys_on_new_member"] = keys
             time.sleep(1.0)
-            res.metrics["new_member_data_dir_mib"] = dir_bytes(new.data_dir) / 2**20
-            res.metrics["new_member_rss_mib"] = proc_status_kib(new.proc.pid).get("VmRSS", 0) / 1024
+            run["new_member_data_dir_mib"] = dir_bytes(new.data_dir) / 2**20
+            assert new.proc is not None
+            run["new_member_rss_mib"] = proc_status_kib(new.proc.pid).get("VmRSS", 0) / 1024
             try:
                 text = new.log_path.read_text(errors="replace")
             except OSError:
                 text = ""
             via = SNAPSHOT_LOG_RE.search(text)
-            res.extra["via_snapshot"] = bool(via)
-            res.note = (
-                f"{keys:,} keys on the new member; raft index {res.extra['raft_index']:,}; "
-                + ("snapshot received" if via else "NO snapshot line in its log")
+            note = f"{keys:,} keys on the new member, " + (
+                "snapshot received" if via else "NO snapshot line in its log"
             )
         finally:
             self._retire(c, new, added.member.ID)
+        return run, note
 
     def _retire(self, c: Cluster, m: Member, member_id: int) -> None:
         """Remove the added member again (MemberRemove, then stop it)."""
@@ -668,3 +712,4 @@ class ScaleRunner:
                 c.stop_member(m, signal.SIGTERM, timeout=10)
             c.members.remove(m)
             c.retired.append(m)
+            shutil.rmtree(m.data_dir, ignore_errors=True)  # up to ~1 GB each
