@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from urllib.parse import urlsplit
 
 import grpc
@@ -62,7 +63,10 @@ class KvServer:
         self.cluster_id = cfg.cluster_id
         self.member_id = cfg.member_id(cfg.initial_advertise_peer_urls)
         self.member_dir = os.path.join(cfg.data_dir, "member")
-        self._req_ids = itertools.count(1)
+        # Unique across restarts: an entry proposed by this member's previous
+        # life may still be applied now, and must not answer a new request
+        # (found by a fault run). ns since the epoch outruns any request rate.
+        self._req_ids = itertools.count(time.time_ns())
         self._waiters: dict[int, asyncio.Future[Applied]] = {}
         self._stopping = asyncio.Event()
         self._listeners: list[Any] = []

@@ -135,10 +135,6 @@ def test_sites_in_a_real_member(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="kvstore bug: request ids restart at 1 with the process "
-                   "(KvServer._req_ids = itertools.count(1)), so an entry proposed by this member's previous "
-                   "incarnation, applied after a restart, answers a new request with the same id: an "
-                   "acknowledgement for a write that had not happened (fault run seed 103)")
 def test_request_ids_are_unique_across_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
     """n2 forwards puts that the others commit, and is killed before it
     applies them (its log saves are slow); restarted with the same slow
