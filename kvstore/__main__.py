@@ -50,6 +50,25 @@ class _OneLineFormatter(logging.Formatter):
         return s.replace("\n", " | ")
 
 
+class _FrameworkErrorsOneLine(logging.Filter):
+    """grpc and aiohttp log a peer's malformed input (undecodable messages,
+    broken HTTP, clients vanishing mid-write) with a traceback: that is the
+    peer's doing, so keep it to one line with the reason, at warning level,
+    and a hostile client cannot flood the log with tracebacks. Our own code's
+    errors (kvstore.*, raft.*) keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(("grpc", "aiohttp")):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(cfg: ServerConfig) -> None:
     level = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}[
         cfg.log_level
@@ -59,6 +78,7 @@ def setup_logging(cfg: ServerConfig) -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_FrameworkErrorsOneLine())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

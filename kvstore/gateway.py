@@ -52,6 +52,7 @@ import re
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
+import aiohttp
 from aiohttp import WSMsgType, web
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor
@@ -60,6 +61,10 @@ from google.protobuf.message import Message
 from .errors import EtcdError
 from .pb import rpc_pb2, v3election_pb2, v3lock_pb2
 from .watch import item_bytes
+
+
+# A client that disconnects or sends a truncated body: its doing, not a server error.
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError)
 
 log = logging.getLogger("kvstore.gateway")
 
@@ -549,6 +554,9 @@ class Gateway:
                 return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, "request body too large", 413)
             except CallAborted as e:
                 return error_response(e.code, e.details)
+            except _CLIENT_GONE as e:
+                log.debug("gateway: client went away during %s: %s", m.name, e)
+                return error_response(grpc.StatusCode.INVALID_ARGUMENT, "incomplete request body", 400)
             except Exception:
                 log.exception("gateway: internal error in %s", m.name)
                 return error_response(grpc.StatusCode.INTERNAL, "kvstore: internal error")
@@ -567,6 +575,9 @@ class Gateway:
                 return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, "request body too large", 413)
             except CallAborted as e:
                 return error_response(e.code, e.details)
+            except _CLIENT_GONE as e:
+                log.debug("gateway: client went away during %s: %s", m.name, e)
+                return error_response(grpc.StatusCode.INVALID_ARGUMENT, "incomplete request body", 400)
             except Exception:
                 log.exception("gateway: internal error in %s", m.name)
                 return error_response(grpc.StatusCode.INTERNAL, "kvstore: internal error")

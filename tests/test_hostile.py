@@ -9,19 +9,11 @@ grants flow-control window), a flood of lease grants. Each gets a clear
 error or is bounded, and the member keeps serving a normal client. Every
 test checks that the member's log gained no traceback.
 
-Tracebacks that hostile input does produce are known defects (log noise a
-client can cause at will; the member keeps serving), kept out of the general
-log check and pinned by strict xfail tests (they flip to XPASS, i.e. fail,
-once fixed):
-
-* grpc's aio server logs every undecodable unary request message at ERROR
-  with a traceback (client and peer ports);
-* aiohttp does the same for a malformed HTTP request;
-* LeaseKeepAlive logs an undecodable stream message as an "internal error";
-* the JSON gateway logs a client that disconnects mid-body as an "internal
-  error in Put";
-* a gRPC Watch (and a gateway /v3/watch) whose client goes away while a
-  write is blocked on flow control ends with a logged traceback.
+Hostile input used to put tracebacks in the log (grpc and aiohttp logging a
+peer's undecodable messages, broken HTTP or a client gone mid-write; our
+LeaseKeepAlive and gateway taking such input for internal errors). The
+member now logs one line for each; the ``*_is_not_logged_with_a_traceback``
+tests pin that.
 
 The property-based tests (hypothesis) run the request decoders in-process
 (kvstore/gateway.py JSON -> protobuf, its streaming JSON reader, and the REST
@@ -502,16 +494,12 @@ def test_garbage_bytes_on_every_port(member: Member) -> None:
     member.assert_clean_log(off, allow=(KNOWN_AIOHTTP, KNOWN_GATEWAY_RESET, KNOWN_DECODE))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: grpc's aio server logs an undecodable request "
-                   "message at ERROR with a traceback (client and peer ports); a hostile client can flood the log")
 def test_malformed_protobuf_is_not_logged_with_a_traceback(member: Member) -> None:
     off = member.log_offset()
     assert code_of(lambda: raw_unary(member.channel, "/etcdserverpb.KV/Range")(b"\xff", timeout=10)) in ERROR_CODES
     member.assert_clean_log(off)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: kvstore/api/lease.py LeaseKeepAlive takes an "
-                   "undecodable stream message for an internal error (log.exception + INTERNAL)")
 def test_malformed_keepalive_message_is_not_logged_with_a_traceback(member: Member) -> None:
     off = member.log_offset()
     stream = member.channel.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive", request_serializer=lambda b: b,
@@ -520,16 +508,12 @@ def test_malformed_keepalive_message_is_not_logged_with_a_traceback(member: Memb
     member.assert_clean_log(off)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: kvstore/gateway.py takes a client that "
-                   "disconnects mid-body for an internal error (log.exception)")
 def test_client_gone_mid_body_is_not_logged_with_a_traceback(member: Member) -> None:
     off = member.log_offset()
     _send_garbage(member.node.http_port, _garbage_payloads(random.Random(1))["truncated body"], reset=False)
     member.assert_clean_log(off)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: aiohttp logs a malformed HTTP request (bad "
-                   "chunk, header line too long, ...) at ERROR with a traceback")
 def test_malformed_http_is_not_logged_with_a_traceback(member: Member) -> None:
     off = member.log_offset()
     _send_garbage(member.node.http_port, _garbage_payloads(random.Random(1))["bad chunk"], reset=False)
@@ -683,9 +667,6 @@ def test_watchers_that_never_read_are_bounded(member: Member) -> None:
     member.assert_clean_log(off, allow=(KNOWN_WATCH_GONE, KNOWN_GATEWAY_STREAM_GONE))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: kvstore/api/watch.py (gRPC) and kvstore/gateway.py "
-                   "(/v3/watch) let the write error of a client gone while the write was blocked escape "
-                   "(grpc / aiohttp log it with a traceback)")
 def test_watch_client_gone_while_blocked_is_not_logged_with_a_traceback(member: Member) -> None:
     off = member.log_offset()
     n = member.node

@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .. import errors
 from ..errors import EtcdError
@@ -109,6 +110,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             await context.abort(e.code, e.message)
         except grpc.aio.AbortError:
             raise
+        except DecodeError as e:
+            # The client's bytes, not our fault: an error for it, one quiet line for us.
+            log.debug("undecodable LeaseKeepAlive message: %s", e)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "kvstore: malformed request message")
         except Exception:
             log.exception("internal error in LeaseKeepAlive")
             await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
