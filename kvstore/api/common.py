@@ -77,23 +77,28 @@ def unary(fn: F) -> F:
         service = _SERVICE_NAMES.get(type(self).__name__, type(self).__name__)
         if metrics is not None:
             metrics.rpc_started(service, method)
-        code = "OK"
+
+        def handled(code: str) -> None:
+            # Before the status leaves: a client that reads /metrics right
+            # after its call returned must see the call counted.
+            if metrics is not None:
+                metrics.rpc_handled(service, method, _PROM_CODES.get(code, code))
+
         try:
             if _refused_by_learner(self, request):
                 raise NOT_SUPPORTED_FOR_LEARNER
-            return await fn(self, request, context)
+            resp = await fn(self, request, context)
         except EtcdError as e:
-            code = e.code.name
+            handled(e.code.name)
             await context.abort(e.code, e.message)
         except grpc.aio.AbortError:
-            code = "ABORTED"
+            handled("ABORTED")
             raise
         except Exception:
-            code = "INTERNAL"
+            handled("INTERNAL")
             log.exception("internal error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
-        finally:
-            if metrics is not None:
-                metrics.rpc_handled(service, method, _PROM_CODES.get(code, code))
+        handled("OK")
+        return resp
 
     return wrapper  # type: ignore[return-value]
