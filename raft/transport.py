@@ -615,7 +615,11 @@ class PeerTransport:
         await context.send_initial_metadata(((MD_ACCEPTED, "1"),))
         log.debug("stream from %x opened", frm)
         node_id = self.node_id
+        is_removed = self._is_removed
         async for batch in request_iterator:
+            if is_removed is not None and is_removed(frm):
+                # Removed while its stream was open: tell it, so it stops.
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
             for p in batch.messages:
                 try:
                     msg = decode_message(p)
