@@ -1154,7 +1154,10 @@ class MvccStore:
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            self._env.copyfd(fd, compact=True)
+            # Not compact=True: LMDB 0.9.x's compacting copy segfaults on a
+            # dupfixed DB with ~150+ duplicates under one key (our ``revs``
+            # of a key written that often). Free pages travel along instead.
+            self._env.copyfd(fd, compact=False)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1211,17 +1214,31 @@ class MvccStore:
         if self._batch is not None:
             raise RuntimeError("cannot defragment with an open WriteBatch")
         data = os.path.join(self.path, "data.mdb")
-        tmp = data + ".defrag"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            self._env.copyfd(fd, compact=True)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp_dir = os.path.join(self.path, "defrag.tmp")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        self._rebuild_into(tmp_dir)
         self._env.close()
-        os.replace(tmp, data)
+        os.replace(os.path.join(tmp_dir, "data.mdb"), data)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         _fsync_dir(self.path)
         self._open()
+
+    def _rebuild_into(self, dest_dir: str) -> None:
+        """Copy every record into a fresh environment: a compaction that does
+        not use LMDB's compacting copy (it crashes on large dupfixed sets)."""
+        os.makedirs(dest_dir)
+        env = lmdb.open(dest_dir, map_size=self._map_size, max_dbs=len(_DB_NAMES) + 1,
+                        sync=False, metasync=False, subdir=True)
+        try:
+            with self._env.begin() as src, env.begin(write=True) as dst:
+                for name in _DB_NAMES:
+                    flags = _DUPSORT.get(name, {})
+                    ddb = env.open_db(name, txn=dst, **flags)
+                    items = src.cursor(self._dbs[name]).iternext(keys=True, values=True)
+                    dst.cursor(ddb).putmulti(items, dupdata=bool(flags), append=not flags)
+            env.sync(True)
+        finally:
+            env.close()
 
 
 def _fsync_dir(path: str) -> None:
