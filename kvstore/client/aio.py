@@ -18,7 +18,7 @@ from ..pb import rpc_pb2, v3election_pb2
 from . import core
 from . import model as M
 from .backoff import Deadline
-from .core import AMBIGUOUS, FATAL, NOT_SENT, REAUTH, Call, Endpoint, Operations
+from .core import FATAL, REAUTH, Call, Endpoint, Operations
 from .errors import (
     ClientError,
     LeaseExpired,
@@ -124,15 +124,13 @@ class AsyncClient(Operations):
         bo = self._o.backoff()
         n = 1 if call.endpoint else len(self._o.endpoints)
         failures = 0
-        retried = reauthed = False
-        last = "no attempt made"
+        att = core.Attempts(call)
         while True:
             if dl.expired():
-                raise core.not_applied(call, last, deadline=True)
+                raise core.not_applied(call, att.last, deadline=True)
             ep = self._endpoint(call.endpoint)
-            outcome = NOT_SENT
             if not await self._ready(ep, dl.cap(self._o.dial_timeout)):
-                last = f"{ep.target}: cannot connect"
+                att.cannot_connect(ep.target)
             else:
                 try:
                     md = await self._metadata(ep, call.metadata, dl)
@@ -149,33 +147,18 @@ class AsyncClient(Operations):
                             raise Unavailable(f"{ep.target}: stream ended without an answer")
                     else:
                         resp = await fn(call.request, timeout=t, metadata=md)
-                    return core.finish(call, resp, retried)
+                    return core.finish(call, resp, att.retried)
                 except grpc.RpcError as e:
-                    code, details = core.rpc_failure(e)
-                    last = f"{ep.target}: {details}"
-                    outcome = core.classify(code, details)
-                    if outcome == FATAL:
-                        err = server_error(code, details)
-                        if core.accepted(call, err, retried):
-                            return call.accept_value
-                        raise err from None
-                    if outcome == REAUTH:
+                    action = att.rpc_error(e, ep.target)
+                    if isinstance(action, core.Done):
+                        return action.value
+                    if action == REAUTH:
                         self._token = None
-                        if not reauthed:
-                            reauthed = True
-                            continue
-                        raise server_error(code, details) from None
-                    if outcome == AMBIGUOUS:
-                        if not call.safe:
-                            raise core.outcome_unknown(call, last) from None
-                        retried = True
-                except Unavailable as e:
-                    last = e.message
-                    if not call.safe:
-                        raise core.outcome_unknown(call, last) from None
-                    retried = True
+                        continue
+                except Unavailable as e:  # a stream with no answer
+                    att.no_answer(e)
             if call.endpoint:
-                raise core.not_applied(call, last, deadline=False)
+                raise core.not_applied(call, att.last, deadline=False)
             self._rotate(ep)
             failures += 1
             if failures % n == 0:

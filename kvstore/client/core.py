@@ -42,7 +42,7 @@ from ..pb import (
 )
 from . import model as M
 from .backoff import Backoff
-from .errors import ClientError, OutcomeUnknown, Timeout, Unavailable
+from .errors import ClientError, OutcomeUnknown, Timeout, Unavailable, server_error
 from .txn import TxnBuilder
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
@@ -509,3 +509,55 @@ def accepted(call: Call, err: ClientError, retried: bool) -> bool:
     if call.accept_always is not None and call.accept_always(err):
         return True
     return retried and call.accept_on_retry is not None and call.accept_on_retry(err)
+
+
+@dataclass
+class Done:
+    """An attempt's failure that still ends the call with a value."""
+
+    value: Any
+
+
+class Attempts:
+    """The retry decisions of one call, shared by the sync and asyncio
+    clients (they only do the I/O): which failure ends the call, which lets it
+    move to another endpoint, and when to authenticate again."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.retried = False
+        self.reauthed = False
+        self.last = "no attempt made"
+
+    def cannot_connect(self, target: str) -> None:
+        self.last = f"{target}: cannot connect"
+
+    def rpc_error(self, e: grpc.RpcError, target: str) -> str | Done:
+        """REAUTH: drop the token and retry at once; NOT_SENT or AMBIGUOUS:
+        try the next endpoint; Done: return its value. Raises when the call
+        must end (the server's answer, or an unsafe call's unknown outcome)."""
+        code, details = rpc_failure(e)
+        self.last = f"{target}: {details}"
+        outcome = classify(code, details)
+        if outcome == FATAL:
+            err = server_error(code, details)
+            if accepted(self.call, err, self.retried):
+                return Done(self.call.accept_value)
+            raise err from None
+        if outcome == REAUTH:
+            if self.reauthed:
+                raise server_error(code, details) from None
+            self.reauthed = True
+        elif outcome == AMBIGUOUS:
+            self.ambiguous()
+        return outcome
+
+    def no_answer(self, e: Unavailable) -> None:
+        """A stream that ended without an answer: the request may have landed."""
+        self.last = e.message
+        self.ambiguous()
+
+    def ambiguous(self) -> None:
+        if not self.call.safe:
+            raise outcome_unknown(self.call, self.last) from None
+        self.retried = True
