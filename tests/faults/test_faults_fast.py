@@ -107,7 +107,8 @@ def test_harness_partition_kill_pause_membership_and_cleanup() -> None:
         assert lone.name not in c.member_ids()
         c.member_add(lone)
         c.wait_healthy()
-        assert lone.name in _eventually(c.member_ids)
+        # Listed by name once it has published its attributes ("" until then).
+        assert _eventually(lambda: lone.name in c.member_ids())
         assert _eventually(lambda: local_read(lone.name) == b"c")
     finally:
         c.close()
