@@ -128,8 +128,8 @@ def peer_security(cfg: ServerConfig, source: CertSource | None) -> dict[str, obj
     if source is None:
         return None
     sec: dict[str, object] = {
-        "server_credentials": source.grpc_server_credentials(),
-        "channel_credentials": source.grpc_channel_credentials,  # re-read per connection
+        "server_ssl": source.ssl_server_context(),
+        "client_ssl": source.ssl_client_context,  # re-read per connection
     }
     if cfg.peer_cert_allowed_cn:
         sec["authorize_peer"] = tls.allowed_cn_check(cfg.peer_cert_allowed_cn)

@@ -27,16 +27,18 @@ What this module provides to ``__main__``
   the files are checked (stat) on every new connection and re-read when they
   changed, so certificates rotate without a restart. A half-written or
   invalid replacement is logged once and the previous certificate stays.
-* ``CertSource.ssl_server_context()``: an ``ssl.SSLContext`` for aiohttp that
-  switches to the re-read files on the next handshake the same way.
+* ``CertSource.ssl_server_context()``: an ``ssl.SSLContext`` for aiohttp and
+  the peer listener that switches to the re-read files on the next handshake
+  the same way.
 * ``CertSource.grpc_channel_credentials``: a callable returning the current
-  peer client credentials (re-read when the files change), for
-  ``raft.transport.PeerTransport(channel_credentials=...)``.
+  client credentials (re-read when the files change), for member-to-member
+  gRPC calls; ``CertSource.ssl_client_context`` the same as an
+  ``ssl.SSLContext``, for ``raft.transport.PeerTransport(client_ssl=...)``.
 * ``allowed_cn_check(cn)``: the ``authorize_peer`` callback of the transport
   for ``--peer-cert-allowed-cn``.
 
 ``--peer-auto-tls``: etcd's auto-TLS peers do not verify each other at all.
-gRPC cannot dial without verifying, so here every member derives the same
+Here every member derives the same
 development CA key from ``--initial-cluster-token`` and signs its generated
 certificate with it: peer traffic is encrypted, and only members knowing the
 token are trusted. That is no stronger than the token's secrecy: development
@@ -118,10 +120,11 @@ def _cn_of_peercert(cert: Any) -> str | None:
 
 def allowed_cn_check(allowed_cn: str) -> Callable[[Any], str | None]:
     """``authorize_peer`` for ``PeerTransport``: refuse a peer whose verified
-    client certificate has another common name (returns the refusal reason)."""
+    certificate (``getpeercert()`` form) has another common name (returns the
+    refusal reason)."""
 
-    def check(context: Any) -> str | None:
-        cn = peer_common_name(context)
+    def check(cert: Any) -> str | None:
+        cn = _cn_of_peercert(cert)
         if cn == allowed_cn:
             return None
         return f"peer certificate common name {cn!r} is not the allowed {allowed_cn!r}"
@@ -211,6 +214,7 @@ class CertSource:
         self._http_ctx: ssl.SSLContext | None = None
         self._http_version = -1
         self._chan: tuple[int, grpc.ChannelCredentials] | None = None
+        self._client_ctx: tuple[int, ssl.SSLContext] | None = None
 
     def _paths(self) -> list[str]:
         i = self.info
@@ -285,6 +289,26 @@ class CertSource:
         )
         self._chan = (self.version, creds)
         return creds
+
+    def ssl_client_context(self) -> ssl.SSLContext:
+        """For dialing peers: our certificate and the trusted CA. Pass the bound
+        method itself to get a re-read (and a new context) after a rotation."""
+        self.refresh()
+        cached = self._client_ctx
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.material.ca_pem is not None:
+            ctx.load_verify_locations(cadata=self.material.ca_pem.decode("ascii", "replace"))
+        else:
+            ctx.load_default_certs()
+        try:
+            ctx.load_cert_chain(self.info.cert_file, self.info.key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise TLSError(f"{self.info.flag('cert-file')} {self.info.cert_file}: {e}") from None
+        self._client_ctx = (self.version, ctx)
+        return ctx
 
     # ------------------------------------------------------------------- HTTP
     def _build_ssl_context(self) -> ssl.SSLContext:

@@ -1,26 +1,32 @@
-"""Peer transport: Raft messages between members over gRPC (grpc.aio).
+"""Peer transport: Raft messages between members over raw TCP (or TLS, or
+Unix sockets), framed by ``raft.wire``.
 
-Our own internal service (proto/raftpb/raft.proto), served on each member's
-peer URLs:
+Two kinds of connection, both opened by the sender:
 
-* ``Stream``: one long-lived client-streaming call per (sender, receiver)
-  pair. Each write carries one ``MessageBatch``: everything queued for that
-  peer at that moment. No RPC per message, no head-of-line blocking between
-  peers (one sender task per peer).
-* ``Snapshot``: one call per MsgSnap, on its own connection: the message,
-  then the application's snapshot data in chunks (1 MiB by default), then a
-  trailer with size and CRC-32. The receiver writes a temporary file in
-  ``snapshot_dir``, fsyncs, renames, and only then hands the message and the
-  path to the application.
+* a message connection: one long-lived connection per (sender, receiver)
+  pair. Each frame carries one ``MessageBatch``: everything queued for that
+  peer at that moment. No round trip per message, no head-of-line blocking
+  between peers (one sender task per peer).
+* a snapshot connection: one per MsgSnap: the message, then the
+  application's snapshot data in chunks (1 MiB by default), then a trailer
+  with size and CRC-32. The receiver writes a temporary file in
+  ``snapshot_dir``, fsyncs, renames, hands the message and the path to the
+  application, and only then answers OK.
 
-Identity (cluster id, sender, receiver) travels in the call metadata and is
-checked before a single message is read: a member of another cluster, or a
-peer that thinks we are someone else, is refused with FAILED_PRECONDITION.
+Identity (cluster id, sender, receiver) is the dialer's hello, checked before
+a single message is read: a member of another cluster, or a peer that thinks
+we are someone else, is refused with FAILED_PRECONDITION, a certificate the
+``authorize_peer`` hook rejects with PERMISSION_DENIED.
+
+Why not gRPC (the first version was): a grpc.aio stream message costs about
+70 us of CPU between the two processes, a framed socket write a few us, and
+the peer links carry several messages per client request.
 
 Delivery is best effort, as Raft expects: a per-peer queue is bounded (the
 oldest messages are dropped first, since newer ones supersede them), and
 every drop or failed connection is reported through ``on_unreachable`` so the
-leader stops pipelining to that follower and probes instead.
+leader stops pipelining to that follower and probes instead. TCP keepalive
+and TCP_USER_TIMEOUT detect a peer that vanished without closing.
 
 All methods must be called on the event loop thread; every callback is
 invoked on it and must not block.
@@ -29,97 +35,71 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import ipaddress
 import logging
 import os
 import random
 import secrets
+import socket
+import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import AsyncIterator, BinaryIO, Callable
+from typing import Any, AsyncIterator, BinaryIO, Callable
 from urllib.parse import urlsplit
 
-import grpc
-import grpc.aio
-
+from . import wire
 from .codec import decode_message, encode_message, frame_message
 from .pb import raft_pb2 as pb
-from .pb import raft_pb2_grpc as pb_grpc
 from .types import Message, MsgType
+from .wire import Code, Frame, Kind
 
-__all__ = ["PeerTransport", "PeerAddress", "parse_peer_url"]
+__all__ = ["PeerTransport", "PeerAddress", "parse_peer_url", "MEMBER_REMOVED"]
 
 log = logging.getLogger("raft.transport")
 
-MD_CLUSTER = "kvstore-cluster-id"
-MD_FROM = "kvstore-from"
-MD_TO = "kvstore-to"
-MD_ACCEPTED = "kvstore-accepted"  # receiver -> sender: identity checked, stream open
 # Refusal text a receiver gives a peer it knows was removed: the only way a
 # removed member learns its fate, since the leader stops talking to it.
 MEMBER_REMOVED = "member removed from the cluster"
 
-MAX_GRPC_MESSAGE = 64 << 20  # one MsgApp is bounded by the core's max_size_per_msg
-MAX_BATCH_BYTES = 4 << 20  # per stream write, so one peer's backlog cannot form a giant frame
+MAX_FRAME = 65 << 20  # one MsgApp is bounded by the core's max_size_per_msg
+MAX_BATCH_BYTES = 4 << 20  # per frame, so one peer's backlog cannot form a giant frame
 SNAPSHOT_CHUNK = 1 << 20
 TEMP_PREFIX = ".snap-recv-"
 TEMP_SUFFIX = ".tmp"
+CONNECT_TIMEOUT = 5.0  # dial + handshake + hello/reply
+HELLO_TIMEOUT = 10.0  # an accepted connection that never says hello is dropped
+VERDICT_TIMEOUT = 300.0  # the receiver fsyncs a whole snapshot before answering
+READ_LIMIT = 4 << 20  # StreamReader buffer: reading pauses beyond twice this
+WRITE_HIGH = 4 << 20  # socket buffer above which a sender waits for the peer
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 5, 2
+USER_TIMEOUT_MS = 15_000  # unacknowledged data for this long: the peer is gone
 
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-    # Our own back-off decides when to retry; a private subchannel pool keeps
-    # a fresh channel from inheriting another one's reconnect back-off.
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Detect a peer that vanished without closing TCP (power loss, SIGSTOP).
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-_SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.so_reuseport", 0),  # a second member on the same port must fail to start
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-]
-
-# Full method name of the message stream. The sender bypasses the generated
-# stub for it: batches are sent as pre-encoded bytes (see codec.frame_message).
-_STREAM_METHOD = "/{}/{}".format(
-    pb.DESCRIPTOR.services_by_name["RaftPeer"].full_name, "Stream"
-)
-
-# Errors that a lost or refused connection produces on the client side.
-_STREAM_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, ConnectionError)
+# Errors that a lost, refused or garbled connection produces.
+_CONN_ERRORS = (OSError, EOFError, wire.ProtocolError)  # OSError covers ssl and timeouts
 
 
 # ------------------------------------------------------------------ addresses
 @dataclass(frozen=True, slots=True)
 class PeerAddress:
-    """A parsed peer URL: the gRPC target to dial, the address to bind, TLS."""
+    """A parsed peer URL: where to dial or bind, and whether with TLS."""
 
     url: str
-    target: str  # for grpc.aio.*_channel
-    bind: str  # for server.add_*_port
+    host: str  # "" for a Unix socket
+    port: int
+    unix_path: str | None
     tls: bool
 
 
 def parse_peer_url(url: str) -> PeerAddress:
     """``http://127.0.0.1:2380``, ``http://[::1]:2380``, ``http://host:2380``,
-    ``https://...`` (needs credentials) or ``unix:///path/to/socket``."""
+    ``https://...`` (needs TLS contexts) or ``unix:///path/to/socket``."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "unix":
         if parts.netloc or not parts.path.startswith("/"):
             raise ValueError(f"peer URL {url!r}: expected unix:///absolute/path")
-        return PeerAddress(url, f"unix://{parts.path}", f"unix://{parts.path}", False)
+        return PeerAddress(url, "", 0, parts.path, False)
     if scheme not in ("http", "https"):
         raise ValueError(f"peer URL {url!r}: scheme must be http, https or unix")
     host = parts.hostname
@@ -132,29 +112,66 @@ def parse_peer_url(url: str) -> PeerAddress:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"peer URL {url!r}: unexpected path or query")
     try:
-        ip = ipaddress.ip_address(host)
+        host = str(ipaddress.ip_address(host))  # canonical form of a literal address
     except ValueError:
-        ip = None
-    if ip is None:
-        hostport = f"{host}:{port}"
-        target = f"dns:///{hostport}"
-    elif ip.version == 6:
-        hostport = f"[{host}]:{port}"
-        target = f"ipv6:{hostport}"  # literal addresses skip the resolver
-    else:
-        hostport = f"{host}:{port}"
-        target = f"ipv4:{hostport}"
-    return PeerAddress(url, target, hostport, scheme == "https")
+        pass  # a host name
+    return PeerAddress(url, host, port, None, scheme == "https")
 
 
 def _url_with_port(addr: PeerAddress, port: int) -> str:
     """The URL actually served, once port 0 has been replaced by the kernel's pick."""
-    if addr.bind.startswith("unix:"):
+    if addr.unix_path is not None:
         return addr.url
     parts = urlsplit(addr.url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}:{port}"
+
+
+def _tune(writer: asyncio.StreamWriter) -> None:
+    """No Nagle delay; notice a peer that vanished without a FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+            ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+        ):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    except OSError as e:  # the connection may already be gone
+        log.debug("tuning a peer socket failed: %s", e)
+
+
+def _write_frame(writer: asyncio.StreamWriter, ftype: Frame, payload: bytes) -> None:
+    writer.writelines(wire.frame(ftype, payload))
+
+
+async def _expect_ok(reader: asyncio.StreamReader) -> None:
+    """Read the receiver's reply; raises _StreamFailed unless it is OK."""
+    ftype, payload = await wire.read_frame(reader, wire.MAX_CONTROL)
+    if ftype != Frame.REPLY:
+        raise wire.ProtocolError(f"expected a reply frame, got type {ftype}")
+    code, reason = wire.parse_reply(payload)
+    if code != Code.OK:
+        raise _StreamFailed(wire.describe(code, reason))
+
+
+async def _send_reply(writer: asyncio.StreamWriter, code: Code, reason: str = "") -> None:
+    """Best effort: the other side may already be gone."""
+    if writer.is_closing():
+        return
+    writer.writelines(wire.reply(code, reason))
+    try:
+        async with asyncio.timeout(5.0):
+            await writer.drain()
+    except _CONN_ERRORS:
+        pass
 
 
 # ----------------------------------------------------------------------- peers
@@ -172,7 +189,28 @@ class _Peer:
 
 
 class _StreamFailed(Exception):
-    """A stream failed or was refused (logged by the sender loop, never raised to callers)."""
+    """A connection failed or was refused (logged by the sender loop, never raised to callers)."""
+
+
+class _Refused(Exception):
+    """The receiving side refuses a connection: answered with ``code`` and the message."""
+
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class _SourceFailed(Exception):
+    """The application could not produce its snapshot data."""
+
+
+class _Closed:
+    """Why a message connection ended, as seen by its watcher task."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
 
 
 class PeerTransport:
@@ -185,19 +223,19 @@ class PeerTransport:
                                    ``path``; the file now belongs to the application
     ``snapshot_source(msg)``       async iterator of the application data to send
                                    after an outgoing MsgSnap
-    ``on_unreachable(peer)``       a message to ``peer`` was dropped or its stream failed
+    ``on_unreachable(peer)``       a message to ``peer`` was dropped or its connection failed
     ``on_snapshot_status(peer, ok)`` outcome of an outgoing snapshot transfer
-    ``is_removed(peer)``           optional: True refuses that member's streams
+    ``is_removed(peer)``           optional: True refuses that member's connections
                                    with MEMBER_REMOVED
     ``on_removed()``               optional: a peer refused *us* as removed
 
-    TLS: pass ``server_credentials`` (used for ``https://`` listen URLs) and
-    ``channel_credentials`` (used to dial ``https://`` peer URLs; either the
-    credentials or a callable returning them, called for every new connection
-    so that rotated certificates are picked up).
-    ``authorize_peer(context)``: an extra check of every incoming call (e.g.
-    the peer certificate from ``context.auth_context()``): returns None to
-    accept, or the reason to refuse it with PERMISSION_DENIED.
+    TLS: ``server_ssl`` (a server-side ``ssl.SSLContext``, used for ``https://``
+    listen URLs) and ``client_ssl`` (used to dial ``https://`` peer URLs; the
+    context or a callable returning it, called for every new connection so
+    that rotated certificates are picked up). ``authorize_peer(cert)``: an
+    extra check of every incoming connection, given the verified peer
+    certificate (``SSLSocket.getpeercert()`` form, None without one): returns
+    None to accept, or the reason to refuse it with PERMISSION_DENIED.
     """
 
     def __init__(
@@ -213,9 +251,9 @@ class PeerTransport:
         is_removed: Callable[[int], bool] | None = None,
         on_removed: Callable[[], None] | None = None,
         snapshot_dir: str,
-        server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
-        authorize_peer: Callable[[grpc.aio.ServicerContext], str | None] | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+        authorize_peer: Callable[[dict[str, Any] | None], str | None] | None = None,
         queue_messages: int = 4096,
         queue_bytes: int = 64 << 20,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
@@ -234,8 +272,8 @@ class PeerTransport:
         self._is_removed = is_removed
         self._on_removed = on_removed
         self.snapshot_dir = snapshot_dir
-        self._server_credentials = server_credentials
-        self._channel_credentials = channel_credentials
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
         self._authorize_peer = authorize_peer
         self._queue_messages = max(1, queue_messages)
         self._queue_bytes = queue_bytes
@@ -243,66 +281,76 @@ class PeerTransport:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._peers: dict[int, _Peer] = {}
-        self._server: grpc.aio.Server | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._started = False
         self._stopped = False
         self._retired: set[asyncio.Task[None]] = set()  # tasks of removed peers, still unwinding
         self._unreachable_pending: set[int] = set()
         self._refusal_logged: dict[int, float] = {}
-        self._handlers: set[asyncio.Task[object]] = set()  # running RPC handlers
+        self._handlers: set[asyncio.Task[Any]] = set()  # running connection handlers
         self.listen_urls: list[str] = []  # as served (port 0 resolved)
-        self._md_base = ((MD_CLUSTER, str(cluster_id)), (MD_FROM, str(node_id)))
 
     def set_security(
         self,
         *,
-        server_credentials: grpc.ServerCredentials | None = None,
-        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None = None,
-        authorize_peer: Callable[[grpc.aio.ServicerContext], str | None] | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+        authorize_peer: Callable[[dict[str, Any] | None], str | None] | None = None,
     ) -> None:
         """The constructor's TLS arguments, for an owner that did not build the
         transport itself. Only before ``start()`` and the first ``set_peer()``."""
-        if self._server is not None or self._peers:
+        if self._started or self._peers:
             raise RuntimeError("set_security() after start() or set_peer()")
-        self._server_credentials = server_credentials
-        self._channel_credentials = channel_credentials
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
         self._authorize_peer = authorize_peer
 
     # ------------------------------------------------------------- lifecycle
     async def start(self, listen_urls: list[str]) -> None:
-        """Serve the peer service on ``listen_urls`` (port 0 picks a free port;
-        see ``listen_urls`` afterwards). Raises OSError if an address cannot
-        be bound."""
-        if self._server is not None:
+        """Serve peers on ``listen_urls`` (port 0 picks a free port; see
+        ``listen_urls`` afterwards). Raises OSError if an address cannot be bound."""
+        if self._started:
             raise RuntimeError("transport already started")
+        addrs = [parse_peer_url(u) for u in listen_urls]
+        for a in addrs:
+            if a.tls and self._server_ssl is None:
+                raise ValueError(f"{a.url}: https listen URL needs server_ssl")
+        self._started = True
         os.makedirs(self.snapshot_dir, exist_ok=True)
         self._remove_stale_temp_files()
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
-        pb_grpc.add_RaftPeerServicer_to_server(_Servicer(self), server)
         bound = []
         try:
-            for url in listen_urls:
-                addr = parse_peer_url(url)
+            for addr in addrs:
                 try:
-                    if addr.tls:
-                        if self._server_credentials is None:
-                            raise ValueError(f"{url}: https listen URL needs server_credentials")
-                        port = server.add_secure_port(addr.bind, self._server_credentials)
+                    if addr.unix_path is not None:
+                        srv = await asyncio.start_unix_server(self._accept, addr.unix_path, limit=READ_LIMIT)
+                        port = 0
                     else:
-                        port = server.add_insecure_port(addr.bind)
-                except RuntimeError as e:
-                    raise OSError(errno.EADDRINUSE, f"cannot listen on {url}: {e}") from None
+                        srv = await asyncio.start_server(
+                            self._accept, addr.host, addr.port, limit=READ_LIMIT,
+                            ssl=self._server_ssl if addr.tls else None, reuse_address=True,
+                        )
+                        port = srv.sockets[0].getsockname()[1]
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot listen on {addr.url}: {e.strerror or e}") from None
+                self._servers.append(srv)
                 bound.append(_url_with_port(addr, port))
-            await server.start()
         except BaseException:
-            await server.stop(None)
+            await self._close_servers()
             raise
-        self._server = server
         self.listen_urls = bound
         log.info("member %x serving peers on %s", self.node_id, ", ".join(bound))
 
+    async def _close_servers(self) -> None:
+        servers, self._servers = self._servers, []
+        for srv in servers:
+            srv.close()
+        for srv in servers:
+            await srv.wait_closed()
+
     async def stop(self) -> None:
-        """Cancel every sender and snapshot task, close their channels, stop
-        the server (incoming streams are cancelled). Idempotent."""
+        """Cancel every sender, snapshot and connection task, stop listening.
+        Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -310,18 +358,15 @@ class PeerTransport:
         for peer in self._peers.values():
             tasks += [t for t in (peer.task, peer.snapshot_task) if t is not None]
         self._peers.clear()
+        for srv in self._servers:
+            srv.close()
+        tasks += list(self._handlers)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.stop(None)  # cancels every incoming call
-            self._server = None
-        if self._handlers:
-            # gRPC returns from stop() before cancelled handlers have unwound
-            # (temp file cleanup runs there): wait for them, within reason.
-            _, stuck = await asyncio.wait(set(self._handlers), timeout=10.0)
-            if stuck:
-                log.warning("%d peer RPC handler(s) did not finish after stop", len(stuck))
+        _, stuck = await asyncio.wait(tasks, timeout=10.0) if tasks else (set(), set())
+        if stuck:  # a handler waiting for a disk write it cannot interrupt
+            log.warning("%d peer task(s) did not finish after stop", len(stuck))
+        await self._close_servers()
 
     # ----------------------------------------------------------------- peers
     def set_peer(self, node_id: int, urls: list[str]) -> None:
@@ -334,8 +379,8 @@ class PeerTransport:
         addrs = [parse_peer_url(u) for u in urls]
         if not addrs:
             raise ValueError(f"peer {node_id:x}: no URLs")
-        if any(a.tls for a in addrs) and self._channel_credentials is None:
-            raise ValueError(f"peer {node_id:x}: https URLs need channel_credentials")
+        if any(a.tls for a in addrs) and self._client_ssl is None:
+            raise ValueError(f"peer {node_id:x}: https URLs need client_ssl")
         peer = self._peers.get(node_id)
         if peer is not None:
             if peer.addrs == addrs:
@@ -404,46 +449,60 @@ class PeerTransport:
                 log.exception("on_unreachable(%x) failed", peer_id)
 
     # ---------------------------------------------------------- sender task
-    def _open_channel(self, addr: PeerAddress) -> grpc.aio.Channel:
-        if addr.tls:
-            creds = self._channel_credentials
-            assert creds is not None
-            if callable(creds):
-                creds = creds()
-            return grpc.aio.secure_channel(addr.target, creds, options=_CHANNEL_OPTIONS)
-        return grpc.aio.insecure_channel(addr.target, options=_CHANNEL_OPTIONS)
-
-    def _metadata(self, peer_id: int) -> tuple[tuple[str, str], ...]:
-        return (*self._md_base, (MD_TO, str(peer_id)))
-
     def _backoff(self, attempt: int) -> float:
         """Full-jitter exponential back-off, capped."""
         return random.uniform(0.5, 1.0) * min(self._backoff_cap, self._backoff_base * (2 ** min(attempt, 30)))
 
+    async def _dial(self, addr: PeerAddress, peer_id: int, kind: Kind) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect, say who we are, and wait until the receiver accepted us."""
+        try:
+            return await self._dial_once(addr, peer_id, kind)
+        except ssl.SSLError as e:  # during the handshake, or its alert read with the reply
+            detail = getattr(e, "verify_message", None) or e.reason or str(e)
+            raise _StreamFailed(f"TLS handshake failed: {detail}") from None
+
+    async def _dial_once(self, addr: PeerAddress, peer_id: int, kind: Kind) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            if addr.unix_path is not None:
+                reader, writer = await asyncio.open_unix_connection(addr.unix_path, limit=READ_LIMIT)
+            else:
+                ctx = None
+                if addr.tls:
+                    ctx = self._client_ssl() if callable(self._client_ssl) else self._client_ssl
+                reader, writer = await asyncio.open_connection(
+                    addr.host, addr.port, ssl=ctx, server_hostname=addr.host if ctx else None, limit=READ_LIMIT
+                )
+            try:
+                _tune(writer)
+                writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+                writer.write(wire.hello(kind, self.cluster_id, self.node_id, peer_id))
+                await _expect_ok(reader)
+            except BaseException:
+                writer.close()
+                raise
+        return reader, writer
+
     async def _run_sender(self, peer: _Peer) -> None:
-        """Keep one stream to ``peer`` open while there is traffic; reconnect
-        with back-off after any failure."""
+        """Keep one connection to ``peer`` open while there is traffic;
+        reconnect with back-off after any failure."""
         attempt = 0
         while True:
             while not peer.queue:  # connect lazily: an idle peer costs nothing
                 peer.wake.clear()
                 await peer.wake.wait()
             addr = peer.addrs[peer.next_addr % len(peer.addrs)]
-            channel = self._open_channel(addr)
             try:
-                await self._stream(peer, channel)
+                await self._stream(peer, addr)
                 reason = "stream ended"
-            except _STREAM_ERRORS as e:
-                reason = _describe(e)
             except _StreamFailed as e:
                 reason = str(e)
                 if MEMBER_REMOVED in reason and self._on_removed is not None:
                     self._on_removed()
-            finally:
-                await channel.close()
+            except _CONN_ERRORS as e:
+                reason = _describe(e)
             if peer.failing:
                 log.debug("peer %x (%s) still unreachable: %s", peer.id, addr.url, reason)
-            else:  # first failure since the last working stream
+            else:  # first failure since the last working connection
                 log.warning("peer %x (%s) unreachable: %s", peer.id, addr.url, reason)
                 peer.failing = True
                 attempt = 0
@@ -452,42 +511,53 @@ class PeerTransport:
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
 
-    async def _stream(self, peer: _Peer, channel: grpc.aio.Channel) -> None:
-        """Open a stream, wait until the receiver accepted it, then write
-        batches until the call fails. Messages stay queued until the stream is
-        accepted, so none is lost to a connection that never came up."""
-        open_stream = channel.stream_unary(
-            _STREAM_METHOD, request_serializer=None, response_deserializer=pb.StreamAck.FromString
-        )
-        call = open_stream(metadata=self._metadata(peer.id))
-        call.add_done_callback(lambda _: peer.wake.set())
+    async def _stream(self, peer: _Peer, addr: PeerAddress) -> None:
+        """Dial, then write batches until the connection fails. Messages stay
+        queued until the receiver accepted the connection, so none is lost to
+        a connection that never came up."""
+        reader, writer = await self._dial(addr, peer.id, Kind.STREAM)
+        closed = _Closed()
+        watcher = asyncio.get_running_loop().create_task(self._watch_connection(reader, closed, peer))
+        transport = writer.transport
         try:
-            md = await call.initial_metadata()
-            if not any(k == MD_ACCEPTED for k, _ in md or ()):
-                code = await call.code()
-                raise _StreamFailed(f"{code.name}: {await call.details()}")
             if peer.failing:
                 log.info("peer %x reachable again", peer.id)
                 peer.failing = False
             while True:
+                if closed.reason is not None or transport.is_closing():
+                    raise _StreamFailed(closed.reason or "connection closed")
                 batch = _take_batch(peer)
                 if batch:
-                    try:
-                        await call.write(batch)
-                    except _STREAM_ERRORS as e:
-                        raise _StreamFailed(await _final_status(call, e)) from None
+                    writer.writelines(wire.frame(Frame.BATCH, batch))
+                    if transport.get_write_buffer_size() > WRITE_HIGH:
+                        await writer.drain()
                     continue
-                if call.done():
-                    raise _StreamFailed(await _final_status(call, None))
                 peer.wake.clear()
-                if not peer.queue and not call.done():
+                if not peer.queue and closed.reason is None:
                     await peer.wake.wait()
                     # One more loop turn lets the driver queue the rest of
-                    # this burst: fewer, larger stream writes.
+                    # this burst: fewer, larger frames.
                     await asyncio.sleep(0)
         finally:
-            if not call.done():
-                call.cancel()
+            watcher.cancel()
+            writer.close()
+            await asyncio.wait([watcher])
+
+    @staticmethod
+    async def _watch_connection(reader: asyncio.StreamReader, closed: _Closed, peer: _Peer) -> None:
+        """The receiver only ever speaks on a message connection to refuse it
+        (e.g. we were removed); EOF or an error means it is gone."""
+        try:
+            ftype, payload = await wire.read_frame(reader, wire.MAX_CONTROL)
+            if ftype == Frame.REPLY:
+                closed.reason = wire.describe(*wire.parse_reply(payload))
+            else:
+                closed.reason = f"unexpected frame type {ftype} from the receiver"
+        except asyncio.IncompleteReadError:
+            closed.reason = "stream closed by the receiver"
+        except _CONN_ERRORS as e:
+            closed.reason = _describe(e)
+        peer.wake.set()
 
     # ------------------------------------------------------ snapshot sending
     def _start_snapshot(self, peer: _Peer, msg: Message) -> None:
@@ -508,53 +578,60 @@ class PeerTransport:
                 log.exception("on_snapshot_status(%x) failed", peer_id)
 
     async def _send_snapshot(self, peer: _Peer, msg: Message) -> None:
-        """Stream ``msg`` and its data on a dedicated connection, so a large
-        transfer never holds up the message stream's flow-control window."""
+        """Send ``msg`` and its data on a connection of its own, so a large
+        transfer never holds up the message connection."""
         addr = peer.addrs[peer.next_addr % len(peer.addrs)]
         index = msg.snapshot.meta.index if msg.snapshot is not None else 0
         ok = False
-        channel = self._open_channel(addr)
-        call = pb_grpc.RaftPeerStub(channel).Snapshot(metadata=self._metadata(peer.id))
+        writer: asyncio.StreamWriter | None = None
         source: AsyncIterator[bytes] | None = None
         try:
-            await call.write(pb.SnapshotChunk(message=encode_message(msg)))
+            reader, writer = await self._dial(addr, peer.id, Kind.SNAPSHOT)
+            _write_frame(writer, Frame.SNAP_MESSAGE, encode_message(msg).SerializeToString())
             size = crc = 0
             pending = bytearray()
             source = self._snapshot_source(msg)
-            async for blob in source:
+            chunks = source.__aiter__()
+            while True:
+                try:
+                    blob = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except OSError as e:
+                    raise _SourceFailed(f"snapshot source: {e}") from None
                 pending += blob
                 while len(pending) >= self._chunk:
                     piece = bytes(pending[: self._chunk])
                     del pending[: self._chunk]
-                    await call.write(pb.SnapshotChunk(data=piece))
+                    _write_frame(writer, Frame.SNAP_DATA, piece)
+                    await writer.drain()
                     size += len(piece)
                     crc = zlib.crc32(piece, crc)
             if pending:
-                await call.write(pb.SnapshotChunk(data=bytes(pending)))
+                _write_frame(writer, Frame.SNAP_DATA, bytes(pending))
                 size += len(pending)
                 crc = zlib.crc32(pending, crc)
-            await call.write(pb.SnapshotChunk(done=pb.SnapshotDone(size=size, crc32=crc)))
-            await call.done_writing()
-            await call
+            _write_frame(writer, Frame.SNAP_DONE, pb.SnapshotDone(size=size, crc32=crc).SerializeToString())
+            await writer.drain()
+            async with asyncio.timeout(VERDICT_TIMEOUT):  # the receiver answers once the data is durable
+                await _expect_ok(reader)
             ok = True
             log.info("sent snapshot at index %d (%d bytes) to %x", index, size, peer.id)
-        except _STREAM_ERRORS as e:
-            reason = await _final_status(call, e)
-            log.warning("sending snapshot at index %d to %x failed: %s", index, peer.id, reason)
-        except OSError as e:  # the application could not read its snapshot
-            log.warning("sending snapshot at index %d to %x failed: snapshot source: %s", index, peer.id, e)
+        except asyncio.IncompleteReadError:
+            log.warning("sending snapshot at index %d to %x failed: connection closed by the receiver", index, peer.id)
+        except (_StreamFailed, _SourceFailed, *_CONN_ERRORS) as e:
+            log.warning("sending snapshot at index %d to %x failed: %s", index, peer.id, _describe(e))
         except Exception:
             log.exception("sending snapshot at index %d to %x failed", index, peer.id)
         finally:
-            if not call.done():
-                call.cancel()
+            if writer is not None:
+                writer.close()
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
                 except Exception:
                     log.exception("closing the snapshot source failed")
-            await channel.close()
         self._fire_snapshot_status(peer.id, ok)
 
     # ------------------------------------------------------- receiving side
@@ -567,32 +644,68 @@ class PeerTransport:
                 except FileNotFoundError:
                     pass
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> int:
-        """Check the caller's identity metadata; returns the sender's id."""
-        md = {k: v for k, v in context.invocation_metadata() or ()}
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
-            cluster, frm, to = int(md[MD_CLUSTER]), int(md[MD_FROM]), int(md[MD_TO])
-        except (KeyError, ValueError, TypeError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing or malformed peer identity metadata")
+            await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            # Ours to cancel (stop()); Python 3.11's streams would log the
+            # cancellation of a connection task as an error.
+            writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One incoming connection: hello, identity check, then its kind's loop."""
+        peername = writer.get_extra_info("peername") or "a unix socket"
+        try:
+            _tune(writer)
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    hello = await wire.read_hello(reader)
+            except _CONN_ERRORS as e:
+                log.debug("peer connection from %s dropped before its hello: %s", peername, _describe(e))
+                return
+            try:
+                frm = self._authorize(hello, writer)
+                await _send_reply(writer, Code.OK)
+                if hello.kind == Kind.STREAM:
+                    await self._serve_stream(frm, reader, writer)
+                else:
+                    await self._serve_snapshot(frm, reader)
+                    await _send_reply(writer, Code.OK)
+            except _Refused as e:
+                await _send_reply(writer, e.code, str(e))
+        except asyncio.IncompleteReadError:
+            log.debug("peer connection from %s closed", peername)
+        except _CONN_ERRORS as e:
+            log.debug("peer connection from %s failed: %s", peername, _describe(e))
+        finally:
+            writer.close()
+
+    def _authorize(self, hello: pb.PeerHello, writer: asyncio.StreamWriter) -> int:
+        """Check the dialer's identity; returns the sender's id or raises _Refused."""
+        frm, to, cluster = hello.sender, hello.receiver, hello.cluster_id
+        if hello.kind not in (Kind.STREAM, Kind.SNAPSHOT) or not frm:
+            raise _Refused(Code.INVALID_ARGUMENT, "missing or malformed peer identity")
         if self._authorize_peer is not None:
-            refusal = self._authorize_peer(context)
+            refusal = self._authorize_peer(writer.get_extra_info("peercert"))
             if refusal is not None:
                 self._warn_refusal(frm, "refused peer %x: %s", frm, refusal)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                raise _Refused(Code.PERMISSION_DENIED, refusal)
         if cluster != self.cluster_id:
             self._warn_refusal(frm, "refused peer %x of cluster %x (we are cluster %x)", frm, cluster, self.cluster_id)
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise _Refused(
+                Code.FAILED_PRECONDITION,
                 f"cluster id mismatch: member {self.node_id:x} belongs to cluster {self.cluster_id:x}, not {cluster:x}",
             )
         if self._is_removed is not None and self._is_removed(frm):
             self._warn_refusal(frm, "refused removed member %x", frm)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
+            raise _Refused(Code.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
         if to != self.node_id:
             self._warn_refusal(frm, "refused peer %x: it addressed member %x, we are %x", frm, to, self.node_id)
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"this is member {self.node_id:x}, not {to:x}"
-            )
+            raise _Refused(Code.FAILED_PRECONDITION, f"this is member {self.node_id:x}, not {to:x}")
         return frm
 
     def _warn_refusal(self, frm: int, fmt: str, *args: object) -> None:
@@ -610,16 +723,26 @@ class PeerTransport:
         except Exception:
             log.exception("on_message failed for %s from %x", msg.type.name, msg.frm)
 
-    async def _serve_stream(self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext) -> pb.StreamAck:
-        frm = await self._authorize(context)
-        await context.send_initial_metadata(((MD_ACCEPTED, "1"),))
+    async def _serve_stream(self, frm: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         log.debug("stream from %x opened", frm)
         node_id = self.node_id
         is_removed = self._is_removed
-        async for batch in request_iterator:
+        while True:
+            try:
+                ftype, payload = await wire.read_frame(reader, MAX_FRAME)
+            except asyncio.IncompleteReadError as e:
+                if e.partial:
+                    log.debug("stream from %x ended inside a frame", frm)
+                break
+            if ftype != Frame.BATCH:
+                raise _Refused(Code.INVALID_ARGUMENT, f"unexpected frame type {ftype} on a message stream")
             if is_removed is not None and is_removed(frm):
-                # Removed while its stream was open: tell it, so it stops.
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
+                # Removed while its connection was open: tell it, so it stops.
+                raise _Refused(Code.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
+            try:
+                batch = pb.MessageBatch.FromString(payload)
+            except Exception as e:  # protobuf's DecodeError
+                raise _Refused(Code.INVALID_ARGUMENT, f"undecodable batch: {e}") from None
             for p in batch.messages:
                 try:
                     msg = decode_message(p)
@@ -631,24 +754,19 @@ class PeerTransport:
                     continue
                 self._deliver(msg)
         log.debug("stream from %x closed", frm)
-        return pb.StreamAck()
 
-    async def _serve_snapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> pb.SnapshotAck:
-        frm = await self._authorize(context)
-        chunks = request_iterator.__aiter__()
+    async def _serve_snapshot(self, frm: int, reader: asyncio.StreamReader) -> None:
+        """Receive one snapshot; returns once it is durable and handed over
+        (the caller answers OK), raises _Refused otherwise."""
+        ftype, payload = await wire.read_frame(reader, MAX_FRAME)
+        if ftype != Frame.SNAP_MESSAGE:
+            raise _Refused(Code.INVALID_ARGUMENT, "snapshot stream must start with the message")
         try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty snapshot stream")
-        if first.WhichOneof("payload") != "message":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "snapshot stream must start with the message")
-        try:
-            msg = decode_message(first.message)
-        except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad snapshot message: {e}")
+            msg = decode_message(pb.Message.FromString(payload))
+        except Exception as e:  # DecodeError or ValueError
+            raise _Refused(Code.INVALID_ARGUMENT, f"bad snapshot message: {e}") from None
         if msg.type != MsgType.SNAP or msg.snapshot is None or msg.to != self.node_id or msg.frm != frm:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a MsgSnap for this member")
-        assert msg.snapshot is not None
+            raise _Refused(Code.INVALID_ARGUMENT, "not a MsgSnap for this member")
         meta = msg.snapshot.meta
         final = os.path.join(
             self.snapshot_dir, f"{meta.term:016x}-{meta.index:016x}-from-{frm:x}-{secrets.token_hex(4)}.snap"
@@ -658,29 +776,31 @@ class PeerTransport:
             f = open(tmp, "xb")
         except OSError as e:
             log.warning("cannot receive snapshot from %x: %s", frm, e)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"receiver cannot store the snapshot: {e}")
+            raise _Refused(Code.UNAVAILABLE, f"receiver cannot store the snapshot: {e}") from None
         done = False
         try:
             size = crc = chunks_seen = 0
-            trailer: pb.SnapshotDone | None = None
-            async for chunk in chunks:
-                kind = chunk.WhichOneof("payload")
-                if kind == "data" and trailer is None:
-                    data = chunk.data
-                    size += len(data)
+            while True:
+                try:
+                    ftype, payload = await wire.read_frame(reader, MAX_FRAME)
+                except asyncio.IncompleteReadError:
+                    raise _Refused(Code.DATA_LOSS, "snapshot stream ended without its trailer") from None
+                if ftype == Frame.SNAP_DATA:
+                    size += len(payload)
                     chunks_seen += 1
-                    crc = zlib.crc32(data, crc)
-                    await self._write_or_abort(context, f.write, data)
-                elif kind == "done" and trailer is None:
-                    trailer = chunk.done
+                    crc = zlib.crc32(payload, crc)
+                    await _off_loop(f.write, payload)
+                elif ftype == Frame.SNAP_DONE:
+                    try:
+                        trailer = pb.SnapshotDone.FromString(payload)
+                    except Exception as e:  # protobuf's DecodeError
+                        raise _Refused(Code.INVALID_ARGUMENT, f"bad snapshot trailer: {e}") from None
+                    break
                 else:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind} chunk")
-            if trailer is None:
-                await context.abort(grpc.StatusCode.DATA_LOSS, "snapshot stream ended without its trailer")
-            assert trailer is not None
+                    raise _Refused(Code.INVALID_ARGUMENT, f"unexpected frame type {ftype} in a snapshot")
             if trailer.size != size or trailer.crc32 != crc:
-                await context.abort(grpc.StatusCode.DATA_LOSS, "snapshot data does not match its size/checksum")
-            await self._write_or_abort(context, _commit_file, f, tmp, final)
+                raise _Refused(Code.DATA_LOSS, "snapshot data does not match its size/checksum")
+            await _off_loop(_commit_file, f, tmp, final)
             done = True
         finally:
             if not done:
@@ -693,46 +813,26 @@ class PeerTransport:
         except Exception:
             log.exception("on_snapshot failed for the snapshot at index %d from %x", meta.index, frm)
             _unlink_quietly(final)
-            await context.abort(grpc.StatusCode.INTERNAL, "receiver failed to accept the snapshot")
-        return pb.SnapshotAck()
-
-    @staticmethod
-    async def _write_or_abort(context: grpc.aio.ServicerContext, fn: Callable[..., object], *args: object) -> None:
-        """Disk I/O off the event loop; a full or failing disk fails this
-        transfer (the sender retries later), not the process."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            # A thread cannot be interrupted: let it finish before the
-            # caller's cleanup closes and deletes the file under it.
-            await asyncio.wait([fut])
-            raise
-        except OSError as e:
-            log.warning("storing a received snapshot failed: %s", e)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"receiver cannot store the snapshot: {e}")
-
-
-class _Servicer(pb_grpc.RaftPeerServicer):
-    def __init__(self, transport: PeerTransport) -> None:
-        self._t = transport
-
-    def _track(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._t._handlers.add(task)
-            task.add_done_callback(self._t._handlers.discard)
-
-    async def Stream(self, request_iterator, context):  # type: ignore[override]
-        self._track()
-        return await self._t._serve_stream(request_iterator, context)
-
-    async def Snapshot(self, request_iterator, context):  # type: ignore[override]
-        self._track()
-        return await self._t._serve_snapshot(request_iterator, context)
+            raise _Refused(Code.INTERNAL, "receiver failed to accept the snapshot") from None
 
 
 # ------------------------------------------------------------------ helpers
+async def _off_loop(fn: Callable[..., object], *args: object) -> None:
+    """Disk I/O off the event loop; a full or failing disk fails this
+    transfer (the sender retries later), not the process."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        # A thread cannot be interrupted: let it finish before the
+        # caller's cleanup closes and deletes the file under it.
+        await asyncio.wait([fut])
+        raise
+    except OSError as e:
+        log.warning("storing a received snapshot failed: %s", e)
+        raise _Refused(Code.UNAVAILABLE, f"receiver cannot store the snapshot: {e}") from None
+
+
 def _take_batch(peer: _Peer) -> bytes:
     """Everything queued (up to MAX_BATCH_BYTES, at least one message) as
     one encoded MessageBatch."""
@@ -749,19 +849,13 @@ def _take_batch(peer: _Peer) -> bytes:
     return b"".join(frames)
 
 
-async def _final_status(call: grpc.aio.Call, error: BaseException | None) -> str:
-    """Why the call failed. Prefer the call's own status: a write that races
-    with the receiver's abort only reports a generic INTERNAL error."""
-    if call.done():
-        code = await call.code()
-        if code != grpc.StatusCode.OK:
-            return f"{code.name}: {await call.details()}"
-    return _describe(error) if error is not None else "stream closed by the receiver"
-
-
 def _describe(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
-        return f"{e.code().name}: {e.details()}"
+    if isinstance(e, (_StreamFailed, _SourceFailed)):
+        return str(e)
+    if isinstance(e, asyncio.IncompleteReadError):
+        return "connection closed"
+    if isinstance(e, TimeoutError) and not str(e):
+        return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 

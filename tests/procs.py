@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,38 @@ import urllib.request
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def peer_hello(
+    port: int, cluster_id: int, frm: int, to: int, *, kind: int = 1, ctx: ssl.SSLContext | None = None, then: bytes = b""
+) -> list[tuple[int, str]] | None:
+    """Dial a member's peer port as another member would (raft.wire) and
+    return the receiver's replies as (code, reason): the answer to the hello,
+    and, when ``then`` (bytes sent right after the hello) is given, every
+    further reply until the receiver closes. None if the connection failed
+    before any reply (e.g. a refused TLS handshake)."""
+    from raft import wire
+
+    replies: list[tuple[int, str]] = []
+    data = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1") if ctx is not None else raw
+            sock.sendall(wire.hello(wire.Kind(kind), cluster_id, frm, to) + then)
+            while not replies or then:
+                while len(data) < 5 or len(data) < 5 + wire.HEADER.unpack(data[:5])[0]:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return replies or None
+                    data += chunk
+                n, ftype = wire.HEADER.unpack(data[:5])
+                assert ftype == wire.Frame.REPLY, ftype
+                code, reason = wire.parse_reply(data[5 : 5 + n])
+                replies.append((int(code), reason))
+                data = data[5 + n :]
+    except OSError:  # ssl.SSLError included
+        return replies or None
+    return replies
 
 
 def free_ports(n: int) -> list[int]:

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvstore.pb import rpc_pb2, rpc_pb2_grpc
-from tests.procs import Cluster
+from tests.procs import Cluster, peer_hello
 
 MAX_REQUEST = 65536
 MAX_LEASES = 150
@@ -475,21 +475,21 @@ def test_garbage_bytes_on_every_port(member: Member) -> None:
         for i, (_, data) in enumerate(_garbage_payloads(rng).items()):
             _send_garbage(port, data, reset=bool(i % 2))
     member.assert_serving("garbage")
-    # Well-formed gRPC to the peer service, but hostile: no identity, a
-    # foreign cluster, undecodable batches.
-    pch = grpc.insecure_channel(f"127.0.0.1:{n.peer_port}")
-    try:
-        stream = pch.stream_unary("/kvstorepeer.RaftPeer/Stream", request_serializer=lambda b: b,
-                                  response_deserializer=lambda b: b)
-        snap = pch.stream_unary("/kvstorepeer.RaftPeer/Snapshot", request_serializer=lambda b: b,
-                                response_deserializer=lambda b: b)
-        assert code_of(lambda: stream(iter([b"\x0a\x00"]), timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
-        foreign = (("kvstore-cluster-id", "1"), ("kvstore-from", "2"), ("kvstore-to", "3"))
-        assert code_of(lambda: stream(iter([b"\x0a\x00"]), metadata=foreign, timeout=10)) \
-            == grpc.StatusCode.FAILED_PRECONDITION
-        assert code_of(lambda: snap(iter([]), metadata=foreign, timeout=10)) == grpc.StatusCode.FAILED_PRECONDITION
-    finally:
-        pch.close()
+    # Well-formed peer protocol, but hostile: no identity, a foreign cluster,
+    # a wrong receiver, an undecodable batch and an oversized frame.
+    with grpc.insecure_channel(n.endpoint) as ch:
+        header = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=10).header
+    cid, me = header.cluster_id, header.member_id
+    OK, INVALID_ARGUMENT, FAILED_PRECONDITION = 0, 3, 9
+    first = lambda replies: replies[0][0] if replies else None  # noqa: E731
+    assert first(peer_hello(n.peer_port, cid, 0, me)) == INVALID_ARGUMENT
+    assert first(peer_hello(n.peer_port, cid + 1, 2, me)) == FAILED_PRECONDITION
+    assert first(peer_hello(n.peer_port, cid + 1, 2, me, kind=2)) == FAILED_PRECONDITION
+    assert first(peer_hello(n.peer_port, cid, 2, me + 1)) == FAILED_PRECONDITION
+    bad_batch = struct.pack(">IB", 3, 3) + b"\x0a\x05\xff"
+    assert [c for c, _ in peer_hello(n.peer_port, cid, 2, me, then=bad_batch) or []] == [OK, INVALID_ARGUMENT]
+    huge = struct.pack(">IB", 0xFFFFFFF0, 3)
+    assert peer_hello(n.peer_port, cid, 2, me, then=huge) == [(OK, "")]  # accepted, then closed
     member.assert_serving("peer")
     member.assert_clean_log(off, allow=(KNOWN_AIOHTTP, KNOWN_GATEWAY_RESET, KNOWN_DECODE))
 

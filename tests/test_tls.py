@@ -48,9 +48,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 from kvstore import tls  # noqa: E402
 from kvstore.config import ConfigError, parse  # noqa: E402
 from kvstore.pb import rpc_pb2, rpc_pb2_grpc  # noqa: E402
-from raft.pb import raft_pb2  # noqa: E402
-from raft.transport import _STREAM_METHOD as STREAM_METHOD  # noqa: E402
-from tests.procs import REPO, Cluster, Node, free_ports  # noqa: E402
+from raft import wire  # noqa: E402
+from tests.procs import REPO, Cluster, Node, free_ports, peer_hello  # noqa: E402
 
 ETCDCTL = shutil.which("etcdctl")
 need_etcdctl = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl (Debian etcd-client) is not installed")
@@ -370,10 +369,10 @@ def test_peer_common_name_and_allowed_cn_check() -> None:
     assert tls.peer_common_name(_FakeContext({"transport_security_type": [b"insecure"]})) is None
     assert tls.peer_common_name(_FakeContext(None)) is None
     assert tls.peer_common_name(object()) is None
-    check = tls.allowed_cn_check("peer")
-    assert check(_FakeContext({"x509_common_name": [b"peer"]})) is None
-    assert "not the allowed 'peer'" in (check(ctx) or "")
-    assert check(_FakeContext({})) is not None
+    check = tls.allowed_cn_check("peer")  # given getpeercert()'s form
+    assert check({"subject": ((("countryName", "XX"),), (("commonName", "peer"),))}) is None
+    assert "'alice' is not the allowed 'peer'" in (check({"subject": ((("commonName", "alice"),),)}) or "")
+    assert check({}) is not None and check(None) is not None
 
 
 def test_plaintext_on_non_loopback_is_warned(caplog: pytest.LogCaptureFixture) -> None:
@@ -513,18 +512,12 @@ def test_auto_tls(pki: PKI) -> None:
 
 
 # --------------------------------------------------------------------- peer TLS
-def _raw_peer_stream(port: int, creds: grpc.ChannelCredentials, cluster_id: int, frm: int, to: int) -> grpc.RpcError:
-    """Open the peer Stream RPC as another member would, send an empty batch."""
-    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
-        call = ch.stream_unary(
-            STREAM_METHOD,
-            request_serializer=raft_pb2.MessageBatch.SerializeToString,
-            response_deserializer=raft_pb2.StreamAck.FromString,
-        )
-        md = (("kvstore-cluster-id", str(cluster_id)), ("kvstore-from", str(frm)), ("kvstore-to", str(to)))
-        with pytest.raises(grpc.RpcError) as e:
-            call(iter([raft_pb2.MessageBatch()]), metadata=md, timeout=5)
-        return e.value
+def _peer_ssl(pki: PKI, pair: Pair | None = None, ca_file: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca_file or pki.ca_file)
+    if pair is not None:
+        ctx.load_cert_chain(pair.cert, pair.key)
+    return ctx
 
 
 @pytest.fixture(scope="module")
@@ -593,30 +586,21 @@ def test_peer_messages_with_wrong_certificate_are_refused(pki: PKI, peer_cluster
     cluster_id, frm, to = st2.header.cluster_id, st2.header.member_id, st1.header.member_id
     term = st1.raftTerm
     # Sanity: the right certificate with the right identity gets through the
-    # handshake and the identity check (the empty batch is accepted).
-    good = channel_creds(pki, peer)
-    with grpc.secure_channel(f"127.0.0.1:{n1.peer_port}", good) as ch:
-        call = ch.stream_unary(STREAM_METHOD, request_serializer=raft_pb2.MessageBatch.SerializeToString,
-                               response_deserializer=raft_pb2.StreamAck.FromString)
-        md = (("kvstore-cluster-id", str(cluster_id)), ("kvstore-from", str(frm)), ("kvstore-to", str(to)))
-        call(iter([raft_pb2.MessageBatch()]), metadata=md, timeout=5)
+    # handshake and the identity check.
+    assert peer_hello(n1.peer_port, cluster_id, frm, to, ctx=_peer_ssl(pki, peer)) == [(0, "")]
     # A certificate of another CA (claiming the right name): the handshake fails.
     foreign = pki.pair("foreign-peer", "kvstore-peer", ca=pki.other)
-    e = _raw_peer_stream(n1.peer_port, channel_creds(pki, foreign), cluster_id, frm, to)
-    assert e.code() == grpc.StatusCode.UNAVAILABLE
+    assert peer_hello(n1.peer_port, cluster_id, frm, to, ctx=_peer_ssl(pki, foreign)) is None
     # No client certificate at all: the handshake fails.
-    e = _raw_peer_stream(n1.peer_port, channel_creds(pki), cluster_id, frm, to)
-    assert e.code() == grpc.StatusCode.UNAVAILABLE
+    assert peer_hello(n1.peer_port, cluster_id, frm, to, ctx=_peer_ssl(pki)) is None
     # Our CA, but not the allowed common name: refused before any message is read.
     wrong_cn = pki.pair("wrong-cn-peer", "not-a-member")
-    e = _raw_peer_stream(n1.peer_port, channel_creds(pki, wrong_cn), cluster_id, frm, to)
-    assert e.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "'not-a-member' is not the allowed 'kvstore-peer'" in e.details()
+    [(code, reason)] = peer_hello(n1.peer_port, cluster_id, frm, to, ctx=_peer_ssl(pki, wrong_cn)) or [(None, "")]
+    assert code == wire.Code.PERMISSION_DENIED
+    assert "'not-a-member' is not the allowed 'kvstore-peer'" in reason
     wait_for(lambda: "is not the allowed 'kvstore-peer'" in n1.log_text(), what="refusal logged")
     # Plaintext to the peer port: refused too.
-    with grpc.insecure_channel(f"127.0.0.1:{n1.peer_port}") as ch:
-        with pytest.raises(grpc.RpcError):
-            ch.stream_unary(STREAM_METHOD)(iter([b""]), timeout=5)
+    assert peer_hello(n1.peer_port, cluster_id, frm, to, ctx=None) is None
     assert _status(n1).raftTerm == term  # nothing reached Raft
     _put(n1, b"after-intruders", b"ok")
 

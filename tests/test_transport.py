@@ -1,4 +1,4 @@
-"""PeerTransport over real gRPC on 127.0.0.1, and the codec."""
+"""PeerTransport over real sockets on 127.0.0.1 (TCP, IPv6, Unix), and the codec."""
 from __future__ import annotations
 
 import asyncio
@@ -43,12 +43,8 @@ def run(coro: Awaitable[None]) -> None:
             for m in _members:
                 await m.t.stop()  # idempotent; covers tests that failed midway
             _members.clear()
-        # Clean shutdown: no sender, snapshot or handler task may be left.
-        # ("rpc_task" is gRPC's own wrapper around a handler; it may need one
-        # more loop turn after its handler finished.)
-        leftover = [
-            t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t.get_name() != "rpc_task"
-        ]
+        # Clean shutdown: no sender, snapshot or connection task may be left.
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert not leftover, leftover
 
     asyncio.run(main())
@@ -432,20 +428,47 @@ def test_start_fails_on_a_used_port(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_garbage_and_bad_hellos_are_dropped_quietly(tmp_path: Path) -> None:
+    """Not a kvstore peer: the connection is closed (no traceback, nothing
+    delivered); a wrong identity in a well-formed hello gets a refusal."""
+    from raft import wire
+
+    async def scenario() -> None:
+        b = Member(2, tmp_path)
+        await b.t.start(["http://127.0.0.1:0"])
+        port = int(b.url.rsplit(":", 1)[1])
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", wire.MAGIC + b"\xff" * 64):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(junk)
+            assert await reader.read() == b""  # closed without an answer
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(wire.hello(wire.Kind.STREAM, CLUSTER, 0, 2))  # no sender id
+        ftype, payload = await wire.read_frame(reader, wire.MAX_CONTROL)
+        assert ftype == wire.Frame.REPLY
+        assert wire.parse_reply(payload) == (wire.Code.INVALID_ARGUMENT, "missing or malformed peer identity")
+        writer.close()
+        assert b.received == []
+        await b.t.stop()
+
+    run(scenario())
+
+
 # ------------------------------------------------------------- url parsing
 @pytest.mark.parametrize(
-    "url, target, bind, tls",
+    "url, host, port, unix_path, tls",
     [
-        ("http://127.0.0.1:2380", "ipv4:127.0.0.1:2380", "127.0.0.1:2380", False),
-        ("http://[::1]:2380", "ipv6:[::1]:2380", "[::1]:2380", False),
-        ("http://node-1.example:2380/", "dns:///node-1.example:2380", "node-1.example:2380", False),
-        ("https://10.0.0.1:2380", "ipv4:10.0.0.1:2380", "10.0.0.1:2380", True),
-        ("unix:///run/kv/peer.sock", "unix:///run/kv/peer.sock", "unix:///run/kv/peer.sock", False),
+        ("http://127.0.0.1:2380", "127.0.0.1", 2380, None, False),
+        ("http://[::1]:2380", "::1", 2380, None, False),
+        ("http://[0:0::1]:2380", "::1", 2380, None, False),
+        ("http://node-1.example:2380/", "node-1.example", 2380, None, False),
+        ("https://10.0.0.1:2380", "10.0.0.1", 2380, None, True),
+        ("unix:///run/kv/peer.sock", "", 0, "/run/kv/peer.sock", False),
     ],
 )
-def test_parse_peer_url(url: str, target: str, bind: str, tls: bool) -> None:
+def test_parse_peer_url(url: str, host: str, port: int, unix_path: str | None, tls: bool) -> None:
     addr = parse_peer_url(url)
-    assert (addr.target, addr.bind, addr.tls) == (target, bind, tls)
+    assert (addr.host, addr.port, addr.unix_path, addr.tls) == (host, port, unix_path, tls)
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:2380", "http://127.0.0.1", "ftp://h:1", "http://h:1/x", "unix://rel"])
@@ -457,9 +480,9 @@ def test_parse_peer_url_rejects(url: str) -> None:
 def test_https_requires_credentials(tmp_path: Path) -> None:
     async def scenario() -> None:
         m = Member(1, tmp_path)
-        with pytest.raises(ValueError, match="channel_credentials"):
+        with pytest.raises(ValueError, match="client_ssl"):
             m.t.set_peer(2, ["https://127.0.0.1:2380"])
-        with pytest.raises(ValueError, match="server_credentials"):
+        with pytest.raises(ValueError, match="server_ssl"):
             await m.t.start(["https://127.0.0.1:0"])
         await m.t.stop()
 

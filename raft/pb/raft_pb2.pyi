@@ -72,25 +72,33 @@ class Message(_message.Message):
     snapshot: Snapshot
     def __init__(self, type: _Optional[int] = ..., to: _Optional[int] = ..., frm: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
+class PeerHello(_message.Message):
+    __slots__ = ("version", "kind", "cluster_id", "sender", "receiver")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    kind: int
+    cluster_id: int
+    sender: int
+    receiver: int
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[int] = ..., cluster_id: _Optional[int] = ..., sender: _Optional[int] = ..., receiver: _Optional[int] = ...) -> None: ...
+
+class PeerReply(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class MessageBatch(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
-
-class StreamAck(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class SnapshotChunk(_message.Message):
-    __slots__ = ("message", "data", "done")
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    DONE_FIELD_NUMBER: _ClassVar[int]
-    message: Message
-    data: bytes
-    done: SnapshotDone
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[SnapshotDone, _Mapping]] = ...) -> None: ...
 
 class SnapshotDone(_message.Message):
     __slots__ = ("size", "crc32")
@@ -99,7 +107,3 @@ class SnapshotDone(_message.Message):
     size: int
     crc32: int
     def __init__(self, size: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
-
-class SnapshotAck(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
