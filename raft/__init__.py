@@ -3,7 +3,7 @@
 ``core.Raft`` is the pure state machine (tick/step/propose → Ready);
 ``storage`` defines the log contract (``MemoryStorage`` for tests),
 ``lmdb_storage.LmdbStorage`` the durable log, ``transport.PeerTransport`` the
-gRPC peer links and ``node.RaftNode`` the asyncio driver that runs them.
+peer links (framed TCP/TLS, ``wire``) and ``node.RaftNode`` the asyncio driver that runs them.
 """
 from .core import Config, Raft, ReadOnlyOption
 from .storage import LogStorage, LogWriter, MemoryStorage
