@@ -25,6 +25,8 @@ from .pb import internal_pb2, kv_pb2, rpc_pb2
 log = logging.getLogger("kvstore.apply")
 
 ALARMS_KEY = b"alarms"
+# Request kinds that need no bookkeeping beyond their response and events.
+_PLAIN_KINDS = frozenset(("put", "txn", "delete_range", "compaction", "alarm", "lease_checkpoint"))
 
 
 class EventSink(Protocol):
@@ -104,30 +106,33 @@ class Applier:
         started = time.perf_counter()
         if _fp.ENABLED:
             _fp.inject("beforeApply")
+        me = self.member_id
+        parse = internal_pb2.InternalRequest.FromString
         with self.store.write() as batch:
             for e in todo:
-                self.term = e.term
                 if e.type == EntryType.CONF_CHANGE:
                     rid, proposer = self._apply_conf_change(batch, e)
                     members_changed = True
-                    if proposer == self.member_id:
-                        results.append((rid, Applied(None, None, self.store.current_revision)))
+                    if proposer == me:
+                        results.append((rid, Applied(None, None, batch.current_revision)))
                     continue
-                if not e.data:
+                data = e.data
+                if not data:
                     continue  # a new leader's empty entry
-                req = internal_pb2.InternalRequest()
                 try:
-                    req.ParseFromString(e.data)
+                    req = parse(data)
                 except DecodeError:
                     log.error("skipping undecodable entry at index %d", e.index)
                     continue
                 kind = req.WhichOneof("request")
+                mine = req.member_id == me
                 try:
-                    resp, events = self._dispatch(batch, req, kind)
-                    err = None
+                    resp, events = self._dispatch(batch, req, kind, mine)
                 except EtcdError as ex:
-                    resp, events, err = None, [], ex
-                if err is None:
+                    if mine:
+                        results.append((req.id, Applied(None, ex, batch.current_revision)))
+                    continue
+                if kind not in _PLAIN_KINDS:
                     if kind == "lease_grant":
                         granted.append((req.lease_grant.ID, req.lease_grant.TTL))
                     elif kind == "lease_revoke":
@@ -135,9 +140,10 @@ class Applier:
                     elif kind in ("member_attributes", "member_update"):
                         members_changed = True
                 if events:
-                    all_events.extend(events)
-                if req.member_id == self.member_id:
-                    results.append((req.id, Applied(resp, err, self.store.current_revision)))
+                    all_events += events
+                if mine:
+                    results.append((req.id, Applied(resp, None, batch.current_revision)))
+            self.term = todo[-1].term
             batch.set_consistent_index(todo[-1].index)
         if _fp.ENABLED:
             _fp.inject("afterApply")
@@ -158,20 +164,25 @@ class Applier:
             self.on_result(rid, res)
 
     # -- requests ----------------------------------------------------------------
-    def _dispatch(self, batch, req: internal_pb2.InternalRequest, kind: str | None):
+    def _dispatch(self, batch, req: internal_pb2.InternalRequest, kind: str | None, reply: bool = True):
+        """Apply one request: (response, events). Without ``reply`` (not this
+        member's proposal) a KV write may skip building its response."""
         auth = self.auth
         if auth is not None and (auth.enabled or kind in auth.KINDS):
             handled = auth.apply(batch, req, kind)  # auth entries; refuses unauthorised writes
             if handled is not None:
                 return handled
-        if kind in ("put", "txn") and self._nospace_blocks(req, kind):
-            raise errors.NO_SPACE
         if kind == "put":
-            return batch.put(req.put)
-        if kind == "delete_range":
-            return batch.delete_range(req.delete_range)
+            if self._nospace:
+                raise errors.NO_SPACE
+            return batch.put(req.put, reply)
         if kind == "txn":
-            return batch.txn(req.txn)
+            if self._nospace and _txn_has_put(req.txn):
+                # A read-only or delete-only transaction may still run: it frees space.
+                raise errors.NO_SPACE
+            return batch.txn(req.txn, reply)
+        if kind == "delete_range":
+            return batch.delete_range(req.delete_range, reply)
         if kind == "compaction":
             c = req.compaction
             batch.compact(c.revision, c.physical)
@@ -207,22 +218,19 @@ class Applier:
             return None, []
         raise errors.EtcdError(errors.INVALID_AUTH_MGMT.code, f"kvstore: unknown request {kind!r}")
 
-    def _nospace_blocks(self, req: internal_pb2.InternalRequest, kind: str) -> bool:
-        if rpc_pb2.NOSPACE not in {a.alarm for a in self.alarms.alarms}:
-            return False
-        if kind == "txn":
-            # A read-only or delete-only transaction may still run: it frees space.
-            return _txn_has_put(req.txn)
-        return True
-
     # -- alarms ------------------------------------------------------------------
     def _load_alarms(self) -> rpc_pb2.AlarmResponse:
         resp = rpc_pb2.AlarmResponse()
         raw = self.store.get_meta(ALARMS_KEY)
         if raw:
             resp.ParseFromString(raw)
-        self.store.capped = any(a.alarm == rpc_pb2.NOSPACE for a in resp.alarms)
+        self._set_nospace(any(a.alarm == rpc_pb2.NOSPACE for a in resp.alarms))
         return resp
+
+    def _set_nospace(self, on: bool) -> None:
+        """The NOSPACE alarm is in force: puts and txns with puts are refused."""
+        self._nospace = on
+        self.store.capped = on
 
     def _apply_alarm(self, batch, a: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
         current = {(m.memberID, m.alarm) for m in self.alarms.alarms}
@@ -242,7 +250,7 @@ class Applier:
             alarms=[rpc_pb2.AlarmMember(memberID=m, alarm=al) for m, al in sorted(current)]
         )
         batch.put_meta(ALARMS_KEY, self.alarms.SerializeToString(deterministic=True))
-        self.store.capped = any(al == rpc_pb2.NOSPACE for _, al in current)
+        self._set_nospace(any(al == rpc_pb2.NOSPACE for _, al in current))
         return rpc_pb2.AlarmResponse(alarms=changed)
 
     # -- membership --------------------------------------------------------------

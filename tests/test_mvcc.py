@@ -417,6 +417,45 @@ def test_txn_ignore_value_after_delete_rolls_back(store):
     assert store.current_revision == 4
 
 
+def test_writes_without_reply_have_the_same_effects(tmp_path):
+    """reply=False (a member applying another member's proposal) skips the
+    responses, and a txn's range ops, but writes the same bytes and events."""
+    stores = [MvccStore(str(tmp_path / n), quota_bytes=64 << 20) for n in ("a", "b")]
+    ops = [
+        ("put", pb.PutRequest(key=b"a", value=b"1")),
+        ("put", pb.PutRequest(key=b"a", value=b"2", prev_kv=True)),
+        ("put", pb.PutRequest(key=b"a", ignore_value=True)),
+        ("put", pb.PutRequest(key=b"nope", ignore_value=True)),  # KEY_NOT_FOUND
+        ("put", pb.PutRequest(key=b"l", value=b"x", lease=7)),
+        ("put", pb.PutRequest(key=b"l", value=b"y", lease=99)),  # LEASE_NOT_FOUND
+        ("txn", pb.TxnRequest(compare=[cmp(b"a", C.VERSION, C.EQUAL, version=3)],
+                              success=[op_rng(b"a"), op_put(b"b", b"3"), op_del(b"l"),
+                                       op_txn(success=[op_rng(b"\x00", b"\x00"), op_put(b"n", b"4")])],
+                              failure=[op_put(b"f")])),
+        ("txn", pb.TxnRequest(success=[op_put(b"c"), op_rng(b"a", revision=1000)])),  # FUTURE_REV
+        ("txn", pb.TxnRequest(success=[op_del(b"a", b"\x00"), op_put(b"b", ignore_lease=True)])),
+        ("delete_range", pb.DeleteRangeRequest(key=b"a", range_end=b"z", prev_kv=True)),
+    ]
+    out = []
+    for s, reply in zip(stores, (True, False)):
+        res = []
+        with s.write() as b:
+            b.lease_grant(7, 60)
+            for kind, req in ops:
+                try:
+                    resp, evs = getattr(b, kind)(req, reply)
+                except errors.EtcdError as e:
+                    res.append(e.message)
+                    continue
+                assert (resp is not None) == reply
+                res.append([e.SerializeToString() for e in evs])
+        out.append((res, db_dump(s), s.hash_kv()))
+    assert out[0] == out[1]
+    assert sum(isinstance(r, str) for r in out[0][0]) == 4
+    for s in stores:
+        s.close()
+
+
 # -- compaction ---------------------------------------------------------------
 
 def _history(s, lo, hi):

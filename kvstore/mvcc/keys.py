@@ -22,15 +22,29 @@ _LONG_KEY_LEN = MAX_RAW_KEY + 16
 
 _Q = struct.Struct(">Q")
 _q = struct.Struct(">q")
+_REV = struct.Struct(">QBQ")  # main, b"_", sub
+_REV_FLAG = struct.Struct(">QBQB")  # main, b"_", sub, flag
 
 TOMBSTONE = 0x74  # ord("t"), etcd's markTombstone
 FLAG_PUT = b"p"
 FLAG_TOMB = b"t"
+_SEP = 0x5F  # ord("_")
+_PUT = 0x70  # ord("p")
 
 
 def rev_key(main: int, sub: int) -> bytes:
     """etcd's 17-byte revision key (revToBytes)."""
-    return _Q.pack(main) + b"_" + _Q.pack(sub)
+    return _REV.pack(main, _SEP, sub)
+
+
+def put_dup(main: int, sub: int) -> bytes:
+    """The ``revs`` index entry of a put: ``rev_key(main, sub) + FLAG_PUT`` in one pack."""
+    return _REV_FLAG.pack(main, _SEP, sub, _PUT)
+
+
+def tomb_key(main: int, sub: int) -> bytes:
+    """A tombstone's 18-byte hist key (etcd's markTombstone), also its revs entry."""
+    return _REV_FLAG.pack(main, _SEP, sub, TOMBSTONE)
 
 
 def rev_main(k: bytes) -> int:

@@ -37,12 +37,17 @@ from . import keys as K
 from .gosort import go_sort
 from .validate import (
     DEFAULT_MAX_TXN_OPS,
+    OP_DELETE,
+    OP_PUT,
+    OP_RANGE,
+    OP_TXN,
+    TxnOps,
     check_delete,
     check_put,
     check_range,
-    check_txn,
-    is_txn_readonly,
+    ops_readonly,
     request_cost,
+    txn_ops,
 )
 
 KeyValue = kv_pb2.KeyValue
@@ -341,7 +346,7 @@ class _View:
                 return False
         return True
 
-    def _path(self, t: rpc_pb2.TxnRequest):
+    def _path(self, t: TxnOps):
         """compareToPath: every compare of the txn and of the nested txns on
         the taken branches is evaluated against the state at txn start."""
         ok = True
@@ -350,20 +355,19 @@ class _View:
                 ok = False
                 break
         ops = t.success if ok else t.failure
-        children = [self._path(op.request_txn) for op in ops if op.WhichOneof("request") == "request_txn"]
+        children = [self._path(sub) for w, sub in ops if w == OP_TXN]
         return ok, children
 
-    def _check_ranges(self, t: rpc_pb2.TxnRequest, path, begin_rev: int, compact: int) -> None:
+    def _check_ranges(self, t: TxnOps, path, begin_rev: int, compact: int) -> None:
         """checkRequestRange over the taken path (against the txn start view)."""
         ok, children = path
         ci = 0
-        for op in (t.success if ok else t.failure):
-            w = op.WhichOneof("request")
-            if w == "request_txn":
-                self._check_ranges(op.request_txn, children[ci], begin_rev, compact)
+        for w, sub in (t.success if ok else t.failure):
+            if w == OP_TXN:
+                self._check_ranges(sub, children[ci], begin_rev, compact)
                 ci += 1
-            elif w == "request_range":
-                rev = op.request_range.revision
+            elif w == OP_RANGE:
+                rev = sub.revision
                 if rev == 0:
                     continue
                 if rev > begin_rev:
@@ -371,24 +375,37 @@ class _View:
                 if rev < compact:
                     raise errors.COMPACTED
 
-    def _txn_into(self, r: _Req, t: rpc_pb2.TxnRequest, path, resp: rpc_pb2.TxnResponse, compact: int) -> None:
-        """applyTxn: run the taken branch, responses in op order."""
+    def _txn_into(self, r: _Req, t: TxnOps, path, resp: Optional[rpc_pb2.TxnResponse],
+                  compact: int) -> None:
+        """applyTxn: run the taken branch, responses in op order (``resp``
+        None: only the writes, nobody reads the responses)."""
         ok, children = path
-        resp.succeeded = ok
         ci = 0
-        for op in (t.success if ok else t.failure):
-            w = op.WhichOneof("request")
-            out = resp.responses.add()
-            if w == "request_range":
-                self._range_into(op.request_range, r.view_rev, compact, out.response_range)
-            elif w == "request_put":
-                self._put_into(r, op.request_put, out.response_put)
-            elif w == "request_delete_range":
-                self._delete_into(r, op.request_delete_range, out.response_delete_range)
-            elif w == "request_txn":
-                sub = out.response_txn
-                sub.header.SetInParent()  # etcd leaves nested headers empty
-                self._txn_into(r, op.request_txn, children[ci], sub, compact)
+        ops = t.success if ok else t.failure
+        if resp is None:
+            for w, sub in ops:
+                if w == OP_PUT:
+                    self._put_into(r, sub, None)
+                elif w == OP_DELETE:
+                    self._delete_into(r, sub, None)
+                elif w == OP_TXN:
+                    self._txn_into(r, sub, children[ci], None, compact)
+                    ci += 1
+            return
+        resp.succeeded = ok
+        add = resp.responses.add
+        for w, sub in ops:
+            out = add()
+            if w == OP_PUT:
+                self._put_into(r, sub, out.response_put)
+            elif w == OP_RANGE:
+                self._range_into(sub, r.view_rev, compact, out.response_range)
+            elif w == OP_DELETE:
+                self._delete_into(r, sub, out.response_delete_range)
+            elif w == OP_TXN:
+                nested = out.response_txn
+                nested.header.SetInParent()  # etcd leaves nested headers empty
+                self._txn_into(r, sub, children[ci], nested, compact)
                 ci += 1
 
     def _put_into(self, r, req, resp):  # pragma: no cover - read views never write
@@ -535,121 +552,136 @@ class WriteBatch(_View):
     # -- writes -------------------------------------------------------------------
 
     def _write_put(self, r: _Req, key: bytes, enc: bytes, value: bytes, lease: int,
-                   old: Optional[kv_pb2.KeyValue], old_raw: Optional[bytes]) -> None:
+                   create: int, version: int, old_lease: int, old_raw: Optional[bytes]) -> None:
+        """Store one new version of ``key`` (``create``/``version`` already
+        worked out from the live version) and queue its event."""
         s = self._s
         txn = self._txn
         main = r.main
+        sub = r.sub
         ev = Event()
         kv = ev.kv
         kv.key = key
-        if old is not None:
-            kv.create_revision = old.create_revision
-            kv.version = old.version + 1
-            old_lease = old.lease
-        else:
-            kv.create_revision = main
-            kv.version = 1
-            old_lease = 0
+        kv.create_revision = create
         kv.mod_revision = main
+        kv.version = version
         kv.value = value
-        kv.lease = lease
+        if lease:
+            kv.lease = lease
         raw = kv.SerializeToString()
-        rk = K.rev_key(main, r.sub)
-        if not txn.put(rk, raw, db=s._hist, append=True):
+        if not txn.put(K.rev_key(main, sub), raw, db=s._hist, append=True):
             raise RuntimeError(f"revision {main} is not after the stored history")
         txn.put(enc, raw, db=s._kv)
-        txn.put(enc, rk + K.FLAG_PUT, db=s._revs)
+        txn.put(enc, K.put_dup(main, sub), db=s._revs)
         if old_lease != lease:
             if old_lease:
                 txn.delete(K.int64_key(old_lease), enc, db=s._lkeys)
             if lease:
                 txn.put(K.int64_key(lease), enc, db=s._lkeys)
-        if self.fill_prev_kv and old_raw is not None:
+        if old_raw is not None and self.fill_prev_kv:
             ev.prev_kv.MergeFromString(old_raw)
-        r.sub += 1
+        r.sub = sub + 1
         r.events.append(ev)
 
     def _write_delete(self, r: _Req, key: bytes, enc: bytes, old_lease: int, old_raw: bytes) -> None:
         s = self._s
         txn = self._txn
         main = r.main
-        rk = K.rev_key(main, r.sub) + K.FLAG_TOMB
-        if not txn.put(rk, K.tombstone_value(key), db=s._hist, append=True):
+        tk = K.tomb_key(main, r.sub)
+        if not txn.put(tk, K.tombstone_value(key), db=s._hist, append=True):
             raise RuntimeError(f"revision {main} is not after the stored history")
         txn.delete(enc, db=s._kv)
-        txn.put(enc, rk, db=s._revs)
+        txn.put(enc, tk, db=s._revs)
         if old_lease:
             txn.delete(K.int64_key(old_lease), enc, db=s._lkeys)
         ev = Event()
         ev.type = DELETE
-        ev.kv.key = key
-        ev.kv.mod_revision = main
+        kv = ev.kv
+        kv.key = key
+        kv.mod_revision = main
         if self.fill_prev_kv:
             ev.prev_kv.MergeFromString(old_raw)
         r.sub += 1
         r.events.append(ev)
 
-    def _put_into(self, r: _Req, req: rpc_pb2.PutRequest, resp: rpc_pb2.PutResponse) -> None:
+    def _put_into(self, r: _Req, req: rpc_pb2.PutRequest, resp: Optional[rpc_pb2.PutResponse]) -> None:
+        """One put; ``resp`` None when nobody reads the response."""
         key = req.key
-        enc = K.enc_key(key)
+        enc = key if len(key) <= _P else K.enc_key(key)
         old_raw = self._txn.get(enc, db=self._s._kv)
-        if (req.ignore_value or req.ignore_lease) and old_raw is None:
-            raise errors.KEY_NOT_FOUND
-        old = KeyValue.FromString(old_raw) if old_raw is not None else None
-        value = old.value if req.ignore_value else req.value
-        lease = old.lease if req.ignore_lease else req.lease
-        if req.prev_kv and old_raw is not None:
-            resp.prev_kv.MergeFromString(old_raw)
-        self._write_put(r, key, enc, value, lease, old, old_raw)
-        resp.header.revision = r.main
+        if old_raw is None:
+            if req.ignore_value or req.ignore_lease:
+                raise errors.KEY_NOT_FOUND
+            self._write_put(r, key, enc, req.value, req.lease, r.main, 1, 0, None)
+        else:
+            old = KeyValue.FromString(old_raw)
+            old_lease = old.lease
+            value = old.value if req.ignore_value else req.value
+            lease = old_lease if req.ignore_lease else req.lease
+            if resp is not None and req.prev_kv:
+                resp.prev_kv.MergeFromString(old_raw)
+            self._write_put(r, key, enc, value, lease, old.create_revision, old.version + 1, old_lease, old_raw)
+        if resp is not None:
+            resp.header.revision = r.main
 
-    def _delete_into(self, r: _Req, req: rpc_pb2.DeleteRangeRequest, resp: rpc_pb2.DeleteRangeResponse) -> None:
+    def _delete_into(self, r: _Req, req: rpc_pb2.DeleteRangeRequest,
+                     resp: Optional[rpc_pb2.DeleteRangeResponse]) -> None:
         items = self._latest_items(req.key, K.mk_gte_range(req.range_end))
-        if req.prev_kv:
+        if resp is not None and req.prev_kv:
             add = resp.prev_kvs.add
             for _, raw in items:
                 add().MergeFromString(raw)
         for enc, raw in items:
             old = KeyValue.FromString(raw)
             self._write_delete(r, old.key, enc, old.lease, raw)
-        resp.deleted = len(items)
-        resp.header.revision = r.view_rev
+        if resp is not None:
+            resp.deleted = len(items)
+            resp.header.revision = r.view_rev
 
-    def put(self, req: rpc_pb2.PutRequest) -> Tuple[rpc_pb2.PutResponse, List[kv_pb2.Event]]:
+    # The write requests: ``reply=False`` skips building the response (a
+    # member applying an entry another member proposed has nobody to send it
+    # to); the effects and events are the same.
+
+    def put(self, req: rpc_pb2.PutRequest, reply: bool = True
+            ) -> Tuple[Optional[rpc_pb2.PutResponse], List[kv_pb2.Event]]:
         check_put(req)
         if self._s.capped:
             raise errors.NO_SPACE
         self._guard(len(req.key) + len(req.value))
-        if req.lease and not self._lease_exists(req.lease):
+        lease = req.lease
+        if lease and not self._lease_exists(lease):
             raise errors.LEASE_NOT_FOUND
         r = _Req(self._rev)
-        resp = rpc_pb2.PutResponse()
+        resp = rpc_pb2.PutResponse() if reply else None
         self._put_into(r, req, resp)
-        self._finish(r)
+        self._rev = r.main  # a put always writes
         return resp, r.events
 
-    def delete_range(self, req: rpc_pb2.DeleteRangeRequest
-                     ) -> Tuple[rpc_pb2.DeleteRangeResponse, List[kv_pb2.Event]]:
+    def delete_range(self, req: rpc_pb2.DeleteRangeRequest, reply: bool = True
+                     ) -> Tuple[Optional[rpc_pb2.DeleteRangeResponse], List[kv_pb2.Event]]:
         check_delete(req)
         self._guard(len(req.key) + len(req.range_end))
         r = _Req(self._rev)
-        resp = rpc_pb2.DeleteRangeResponse()
+        resp = rpc_pb2.DeleteRangeResponse() if reply else None
         self._delete_into(r, req, resp)
         self._finish(r)
         return resp, r.events
 
-    def txn(self, req: rpc_pb2.TxnRequest) -> Tuple[rpc_pb2.TxnResponse, List[kv_pb2.Event]]:
+    def txn(self, req: rpc_pb2.TxnRequest, reply: bool = True
+            ) -> Tuple[Optional[rpc_pb2.TxnResponse], List[kv_pb2.Event]]:
+        """A Txn. Without ``reply`` its range ops are not run at all: they
+        change nothing, and their errors were already checked up front."""
         s = self._s
-        check_txn(req, s.max_txn_ops)
+        t = txn_ops(req, s.max_txn_ops)
         if s.capped and request_cost(req) > 0:
             raise errors.NO_SPACE
         self._guard(req.ByteSize())
-        path = self._path(req)
+        path = self._path(t)
         flags = [False, False]  # put with ignore_value/ignore_lease, delete
-        self._check_puts(req, path, flags)
-        self._check_ranges(req, path, self._rev, self._compact)
+        self._check_puts(t, path, flags)
+        self._check_ranges(t, path, self._rev, self._compact)
         r = _Req(self._rev)
-        resp = rpc_pb2.TxnResponse()
+        resp = rpc_pb2.TxnResponse() if reply else None
         if flags[0] and flags[1]:
             # A delete may remove the key an ignore_value/ignore_lease put
             # needs (etcd panics there); run under a savepoint so that the
@@ -658,7 +690,7 @@ class WriteBatch(_View):
             child = self._s._env.begin(write=True, parent=parent)
             self._txn = child
             try:
-                self._txn_into(r, req, path, resp, self._compact)
+                self._txn_into(r, t, path, resp, self._compact)
             except BaseException:
                 child.abort()
                 raise
@@ -667,30 +699,29 @@ class WriteBatch(_View):
             finally:
                 self._txn = parent
         else:
-            self._txn_into(r, req, path, resp, self._compact)
-        resp.header.revision = r.view_rev
+            self._txn_into(r, t, path, resp, self._compact)
+        if resp is not None:
+            resp.header.revision = r.view_rev
         self._finish(r)
         return resp, r.events
 
-    def _check_puts(self, t: rpc_pb2.TxnRequest, path, flags) -> None:
+    def _check_puts(self, t: TxnOps, path, flags) -> None:
         """checkRequestPut over the taken path (against the txn start view)."""
         ok, children = path
         ci = 0
         kvdb = self._s._kv
-        for op in (t.success if ok else t.failure):
-            w = op.WhichOneof("request")
-            if w == "request_txn":
-                self._check_puts(op.request_txn, children[ci], flags)
+        for w, p in (t.success if ok else t.failure):
+            if w == OP_TXN:
+                self._check_puts(p, children[ci], flags)
                 ci += 1
-            elif w == "request_put":
-                p = op.request_put
+            elif w == OP_PUT:
                 if p.ignore_value or p.ignore_lease:
                     flags[0] = True
                     if self._txn.get(K.enc_key(p.key), db=kvdb) is None:
                         raise errors.KEY_NOT_FOUND
                 if p.lease and not self._lease_exists(p.lease):
                     raise errors.LEASE_NOT_FOUND
-            elif w == "request_delete_range":
+            elif w == OP_DELETE:
                 flags[1] = True
 
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
@@ -927,17 +958,17 @@ class MvccStore:
     def txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A read-only txn (``validate.is_txn_readonly``) served locally, as
         etcd serves them without Raft. Raises ValueError for a txn that writes."""
-        check_txn(req, self.max_txn_ops)
-        if not is_txn_readonly(req):
+        t = txn_ops(req, self.max_txn_ops)
+        if not ops_readonly(t):
             raise ValueError("txn has writes: apply it through a WriteBatch")
         resp = rpc_pb2.TxnResponse()
         with self._read() as txn:
             v = _View(self, txn)
             cur, compact = v._meta_revs()
-            path = v._path(req)
-            v._check_ranges(req, path, cur, compact)
+            path = v._path(t)
+            v._check_ranges(t, path, cur, compact)
             r = _Req(cur)
-            v._txn_into(r, req, path, resp, compact)
+            v._txn_into(r, t, path, resp, compact)
             resp.header.revision = cur
         return resp
 

@@ -7,7 +7,7 @@ keeps a bad entry from ever touching the store.
 """
 from __future__ import annotations
 
-from typing import List, Set, Tuple
+from typing import Any, List, Set, Tuple
 
 from kvstore import errors
 from kvstore.pb import rpc_pb2
@@ -38,38 +38,76 @@ def check_delete(r: rpc_pb2.DeleteRangeRequest) -> None:
         raise errors.EMPTY_KEY
 
 
+# RequestOp kinds (``WhichOneof("request")``)
+OP_RANGE = "request_range"
+OP_PUT = "request_put"
+OP_DELETE = "request_delete_range"
+OP_TXN = "request_txn"
+
+Op = Tuple[str, Any]  # (kind, the sub-request; a TxnOps for OP_TXN)
+
+
+class TxnOps:
+    """A TxnRequest taken apart into Python lists, once: protobuf repeated
+    fields and oneofs are slow to walk, and applying a txn walks it several
+    times (validation, compares, checks, execution)."""
+
+    __slots__ = ("compare", "success", "failure")
+
+    def __init__(self, compare: List[rpc_pb2.Compare], success: List[Op], failure: List[Op]) -> None:
+        self.compare = compare
+        self.success = success
+        self.failure = failure
+
+
 def check_txn(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
     """checkTxnRequest, then checkIntervals on both branches (kvServer.Txn)."""
-    _check_txn_request(r, max_txn_ops)
-    _check_intervals(r.success)
-    _check_intervals(r.failure)
+    txn_ops(r, max_txn_ops)
 
 
-def _check_txn_request(r: rpc_pb2.TxnRequest, max_txn_ops: int) -> None:
-    opc = max(len(r.compare), len(r.success), len(r.failure))
+def txn_ops(r: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> TxnOps:
+    """check_txn, returning the request taken apart (TxnOps)."""
+    t = _txn_request_ops(r, max_txn_ops)
+    _check_intervals(t.success)
+    _check_intervals(t.failure)
+    return t
+
+
+def _txn_request_ops(r: rpc_pb2.TxnRequest, max_txn_ops: int) -> TxnOps:
+    """checkTxnRequest (errors in etcd's order) while taking ``r`` apart."""
+    compare = r.compare[:]  # slicing is the cheapest way to a list of a repeated field
+    success = r.success[:]
+    failure = r.failure[:]
+    opc = max(len(compare), len(success), len(failure))
     if opc > max_txn_ops:
         raise errors.TOO_MANY_OPS
-    for c in r.compare:
+    for c in compare:
         if not c.key:
             raise errors.EMPTY_KEY
-    for u in r.success:
-        _check_request_op(u, max_txn_ops - opc)
-    for u in r.failure:
-        _check_request_op(u, max_txn_ops - opc)
+    left = max_txn_ops - opc
+    return TxnOps(compare, _request_ops(success, left), _request_ops(failure, left))
 
 
-def _check_request_op(u: rpc_pb2.RequestOp, max_txn_ops: int) -> None:
-    which = u.WhichOneof("request")
-    if which == "request_range":
-        check_range(u.request_range)
-    elif which == "request_put":
-        check_put(u.request_put)
-    elif which == "request_delete_range":
-        check_delete(u.request_delete_range)
-    elif which == "request_txn":
-        _check_txn_request(u.request_txn, max_txn_ops)
-    else:  # empty op
-        raise errors.KEY_NOT_FOUND
+def _request_ops(reqs: List[rpc_pb2.RequestOp], max_txn_ops: int) -> List[Op]:
+    """checkRequestOp for each op of a branch: [(kind, sub-request)]."""
+    out: List[Op] = []
+    for u in reqs:
+        which = u.WhichOneof("request")
+        if which == OP_PUT:
+            sub: Any = u.request_put
+            check_put(sub)
+        elif which == OP_RANGE:
+            sub = u.request_range
+            check_range(sub)
+        elif which == OP_DELETE:
+            sub = u.request_delete_range
+            check_delete(sub)
+        elif which == OP_TXN:
+            sub = _txn_request_ops(u.request_txn, max_txn_ops)
+        else:  # empty op
+            raise errors.KEY_NOT_FOUND
+        out.append((which, sub))
+    return out
 
 
 # An interval is (begin, end) over etcd's "string affine" order, where an
@@ -88,24 +126,23 @@ def _intersects_point(dels: List[Interval], k: bytes) -> bool:
     return False
 
 
-def _check_intervals(reqs) -> Tuple[Set[bytes], List[Interval]]:
+def _check_intervals(ops: List[Op]) -> Tuple[Set[bytes], List[Interval]]:
     """etcd's checkIntervals: puts and deletes of one branch must not overlap,
     recursively through nested txns; overlapping deletes are allowed."""
     dels: List[Interval] = []
-    for req in reqs:
-        if req.WhichOneof("request") != "request_delete_range":
-            continue
-        d = req.request_delete_range
-        if d.range_end:
-            dels.append((d.key, d.range_end))
-        else:
-            dels.append((d.key, d.key + b"\x00"))
+    put_keys: List[bytes] = []
+    txns: List[TxnOps] = []
+    for which, sub in ops:
+        if which == OP_PUT:
+            put_keys.append(sub.key)
+        elif which == OP_DELETE:
+            k = sub.key
+            dels.append((k, sub.range_end or k + b"\x00"))
+        elif which == OP_TXN:
+            txns.append(sub)
 
     puts: Set[bytes] = set()
-    for req in reqs:
-        if req.WhichOneof("request") != "request_txn":
-            continue
-        t = req.request_txn
+    for t in txns:
         puts_then, dels_then = _check_intervals(t.success)
         puts_else, dels_else = _check_intervals(t.failure)
         for k in sorted(puts_then):
@@ -125,16 +162,18 @@ def _check_intervals(reqs) -> Tuple[Set[bytes], List[Interval]]:
         dels.extend(iv for iv in dels_then if iv[1] != b"\x00")
         dels.extend(iv for iv in dels_else if iv[1] != b"\x00")
 
-    for req in reqs:
-        if req.WhichOneof("request") != "request_put":
-            continue
-        k = req.request_put.key
+    for k in put_keys:
         if k in puts:
             raise errors.DUPLICATE_KEY
-        if _intersects_point(dels, k):
+        if dels and _intersects_point(dels, k):
             raise errors.DUPLICATE_KEY
         puts.add(k)
     return puts, dels
+
+
+def ops_readonly(t: TxnOps) -> bool:
+    """is_txn_readonly of a taken-apart txn."""
+    return all(w == OP_RANGE for w, _ in t.success) and all(w == OP_RANGE for w, _ in t.failure)
 
 
 def is_txn_readonly(r: rpc_pb2.TxnRequest) -> bool:
