@@ -248,6 +248,26 @@ class Lessor:
         return max(ttl, self.min_ttl)
 
     # ---------------------------------------------------------------- renew
+    def renew_now(self, lease_id: int) -> int | None:
+        """``renew`` when it can answer at once: a known, unexpired lease on
+        the primary. None when ``renew`` must decide (and maybe wait)."""
+        if not self.primary:
+            return None
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        now = self.clock()
+        if lease.expiry <= now:
+            return None
+        expiry = now + lease.ttl
+        if lease.slot <= expiry:
+            # Its heap entry comes due first; expired() re-slots it then.
+            # A renewal per keep-alive would otherwise grow the heap.
+            lease.expiry = expiry
+        else:
+            self._schedule(lease, expiry, expiry=True)
+        return lease.ttl
+
     async def renew(self, lease_id: int) -> int:
         """Reset the lease's deadline to its full TTL; returns the TTL.
 
@@ -255,24 +275,25 @@ class Lessor:
         ``LEASE_NOT_FOUND`` for an unknown lease. A lease that already
         expired but whose revoke is still in flight is not revived: the call
         waits for the revoke (→ not found) or a demotion (→ ``NotPrimary``)."""
+        ttl = self.renew_now(lease_id)
+        if ttl is not None:
+            return ttl
         if not self.primary:
             raise NotPrimary()
         lease = self._leases.get(lease_id)
         if lease is None:
             raise errors.LEASE_NOT_FOUND
-        if lease.remaining(self.clock()) <= 0:
-            loop = asyncio.get_running_loop()
-            if lease.revoked is None:
-                lease.revoked = loop.create_future()
-            if self._demoted is None:
-                self._demoted = loop.create_future()
-            revoked, demoted = lease.revoked, self._demoted
-            await asyncio.wait([revoked, demoted], return_when=asyncio.FIRST_COMPLETED)
-            if revoked.done():
-                raise errors.LEASE_NOT_FOUND
-            raise NotPrimary()
-        self._schedule(lease, self.clock() + lease.ttl, expiry=True)
-        return lease.ttl
+        # Expired, its revoke in flight: wait for the revoke or a demotion.
+        loop = asyncio.get_running_loop()
+        if lease.revoked is None:
+            lease.revoked = loop.create_future()
+        if self._demoted is None:
+            self._demoted = loop.create_future()
+        revoked, demoted = lease.revoked, self._demoted
+        await asyncio.wait([revoked, demoted], return_when=asyncio.FIRST_COMPLETED)
+        if revoked.done():
+            raise errors.LEASE_NOT_FOUND
+        raise NotPrimary()
 
     # --------------------------------------------------------------- expiry
     def _schedule(self, lease: _Lease, at: float, expiry: bool) -> None:
@@ -450,9 +471,10 @@ class _ForwardStream:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending.setdefault(lease_id, []).append(fut)
         try:
-            async with self._write_lock:
-                await asyncio.wait_for(self.call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)), timeout)
-            ttl = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            async with asyncio.timeout(timeout):  # no extra tasks, unlike wait_for
+                async with self._write_lock:
+                    await self.call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                ttl = await fut  # cancelled on timeout: the reader skips it
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.TimeoutError) as e:
             if not isinstance(e, asyncio.TimeoutError):
                 log.debug("keep-alive stream to %s failed: %s", self.url, e)
@@ -523,6 +545,9 @@ class LeaseRouter:
             await ch.close()
 
     async def renew(self, lease_id: int, forwarded: bool = False) -> int:
+        ttl = self.lessor.renew_now(lease_id)  # the leader's usual case, without a task
+        if ttl is not None:
+            return ttl
         return await self._route(
             lambda: self._applied_first(lambda: self.lessor.renew(lease_id)),
             lambda url, t: self._forward_renew(url, lease_id, t),

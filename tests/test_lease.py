@@ -169,6 +169,27 @@ def test_renew_resets_deadline():
     run(main())
 
 
+def test_keepalives_do_not_grow_the_expiry_heap():
+    lessor, c, clock, _ = make()
+    lessor.set_primary(True)
+    c.grant(1, 10)
+    c.grant(2, 300)
+    size = len(lessor._heap)
+    for _ in range(100):
+        clock.advance(0.5)
+        assert lessor.renew_now(1) == 10
+    assert len(lessor._heap) == size
+    # the old slot comes due first: the lease is re-slotted, not revoked
+    clock.advance(9.9)
+    assert lessor.expired() == []
+    clock.advance(0.2)
+    assert lessor.expired() == [1]
+    assert lessor.renew_now(1) is None  # expired: renew() decides (waits for the revoke)
+    assert lessor.renew_now(3) is None  # unknown
+    lessor.set_primary(False)
+    assert lessor.renew_now(2) is None  # not primary
+
+
 def test_renew_of_expired_lease_waits_for_revoke():
     async def main():
         lessor, c, clock, _ = make()
