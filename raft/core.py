@@ -81,10 +81,10 @@ class Config:
 class _PendingRead:
     __slots__ = ("index", "requester", "acks")
 
-    def __init__(self, index: int, requester: int) -> None:
+    def __init__(self, index: int, requester: int, leader: int) -> None:
         self.index = index
         self.requester = requester
-        self.acks: set[int] = set()
+        self.acks: set[int] = {leader}
 
 
 class Raft:
@@ -102,6 +102,8 @@ class Raft:
         self.lead = NONE
         self.role = Role.FOLLOWER
         self.prs: dict[int, Progress] = {}
+        self._voters: tuple[int, ...] = ()
+        self._voter_set: frozenset[int] = frozenset()
         self._apply_conf_state(conf)
         if hard.commit:
             self.log.commit_to(hard.commit)
@@ -121,6 +123,7 @@ class Raft:
         # Heartbeats queued in ``msgs`` and not yet handed out in a Ready: a
         # new read rides on them instead of starting another round.
         self._hb_batch: list[Message] = []
+        self._commit_in_term = False  # cache of _committed_in_current_term
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._reset_randomized_timeout()
@@ -128,8 +131,13 @@ class Raft:
 
     # ------------------------------------------------------------------ config
     @property
-    def voters(self) -> list[int]:
-        return [i for i, p in self.prs.items() if not p.is_learner]
+    def voters(self) -> tuple[int, ...]:
+        return self._voters
+
+    def _update_voters(self) -> None:
+        """Cache the voter ids; call after every change to ``prs`` membership."""
+        self._voters = tuple(i for i, p in self.prs.items() if not p.is_learner)
+        self._voter_set = frozenset(self._voters)
 
     def conf_state(self) -> ConfState:
         return ConfState(
@@ -152,6 +160,7 @@ class Raft:
             self.prs[v] = Progress(nxt, self.cfg.max_inflight_msgs)
         for l in conf.learners:
             self.prs[l] = Progress(nxt, self.cfg.max_inflight_msgs, is_learner=True)
+        self._update_voters()
 
     def _replay_conf_changes(self) -> None:
         """Restart with ``Config.applied`` past the snapshot: the entries up to
@@ -229,6 +238,7 @@ class Raft:
             self.prs.pop(nid, None)
             if nid == self.lead_transferee:
                 self.lead_transferee = NONE
+        self._update_voters()
         if self.role == Role.LEADER:
             if not self.promotable:
                 # A leader removed (or demoted) steps down; the rest elect anew.
@@ -240,26 +250,27 @@ class Raft:
         return self.conf_state()
 
     # --------------------------------------------------------------- Ready cycle
-    def _hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.committed)
+    def _soft_changed(self) -> bool:
+        ps = self._prev_soft
+        return self.lead != ps.leader or self.role != ps.role
+
+    def _hard_changed(self) -> bool:
+        ph = self._prev_hard
+        return self.term != ph.term or self.vote != ph.vote or self.log.committed != ph.commit
 
     def has_ready(self) -> bool:
         if self.msgs or self.read_states or self.log.unstable or self.log.unstable_snapshot:
             return True
-        if SoftState(self.lead, self.role) != self._prev_soft:
-            return True
-        if self._hard_state() != self._prev_hard:
+        if self._soft_changed() or self._hard_changed():
             return True
         return self.log.has_next_committed_entries()
 
     def ready(self) -> Ready:
         rd = Ready()
-        soft = SoftState(self.lead, self.role)
-        if soft != self._prev_soft:
-            rd.soft_state = soft
-        hard = self._hard_state()
-        if hard != self._prev_hard:
-            rd.hard_state = hard
+        if self._soft_changed():
+            rd.soft_state = SoftState(self.lead, self.role)
+        if self._hard_changed():
+            rd.hard_state = HardState(self.term, self.vote, self.log.committed)
         rd.entries = list(self.log.unstable)
         rd.snapshot = self.log.unstable_snapshot
         rd.committed_entries = self.log.next_committed_entries(self.cfg.max_committed_size_per_ready)
@@ -327,6 +338,7 @@ class Raft:
         self._read_queue.clear()
         self._reads_waiting_commit.clear()
         self._hb_batch = []
+        self._commit_in_term = False
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -680,7 +692,12 @@ class Raft:
         self._hb_batch = batch
 
     def _committed_in_current_term(self) -> bool:
-        return self.log.term(self.log.committed) == self.term
+        """Once true it stays true for the rest of the term (the commit index
+        only grows, over entries of this term), so it is asked of the log
+        once per term rather than once per read."""
+        if not self._commit_in_term:
+            self._commit_in_term = self.log.term(self.log.committed) == self.term
+        return self._commit_in_term
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
@@ -827,7 +844,7 @@ class Raft:
         ctx = m.context
         if ctx in self._reads:
             return
-        self._reads[ctx] = _PendingRead(self.log.committed, m.frm)
+        self._reads[ctx] = _PendingRead(self.log.committed, m.frm, self.id)
         self._read_queue.append(ctx)
         if self._hb_batch:
             # One heartbeat round confirms every read queued before its
@@ -848,8 +865,7 @@ class Raft:
         if st is None:
             return
         st.acks.add(frm)
-        voters = set(self.voters)
-        if len((st.acks | {self.id}) & voters) < self._quorum():
+        if len(st.acks & self._voter_set) < self._quorum():
             return
         # A heartbeat round confirms this read and every read queued before it.
         pos = self._read_queue.index(ctx)

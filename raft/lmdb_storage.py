@@ -450,8 +450,8 @@ class LmdbStorage:
             cs = self._cache_start
             cache = self._cache
             if lo >= cs:
-                if max_bytes is None:
-                    return cache[lo - cs : hi - cs]
+                if max_bytes is None or self._cache_bytes + 16 * len(cache) <= max_bytes:
+                    return cache[lo - cs : hi - cs]  # the whole cache fits: so does any slice
                 out: list[Entry] = []
                 _take(islice(cache, lo - cs, hi - cs), max_bytes, out, 0)
                 return out

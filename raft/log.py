@@ -77,8 +77,8 @@ class RaftLog:
         off = self.unstable_offset
         if lo < off:
             result = self.storage.entries(lo, min(hi, off), max_bytes)
-            if len(result) < min(hi, off) - lo:
-                return result  # size limit reached inside storage
+            if hi <= off or len(result) < off - lo:
+                return result  # all from storage, which applied the size limit
         if hi > off:
             start = max(lo, off) - off
             tail = self.unstable[start : hi - off]
