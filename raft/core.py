@@ -7,9 +7,10 @@ comes from the injected ``random.Random``, so a seed replays a run exactly.
 
 Implemented: PreVote, CheckQuorum (with the follower-side lease that stops a
 rejoining node from deposing a healthy leader), pipelined replication with
-bounded inflight windows, fast back-off by term, the current-term commit rule,
-batched ReadIndex (safe or lease-based), leader transfer (TimeoutNow),
-one-at-a-time membership changes with learners, and snapshots.
+bounded inflight windows (one append per follower per Ready), fast back-off by
+term, the current-term commit rule, batched ReadIndex (safe or lease-based),
+leader transfer (TimeoutNow), one-at-a-time membership changes with learners,
+and snapshots.
 """
 from __future__ import annotations
 
@@ -123,6 +124,9 @@ class Raft:
         # Heartbeats queued in ``msgs`` and not yet handed out in a Ready: a
         # new read rides on them instead of starting another round.
         self._hb_batch: list[Message] = []
+        # Appends are broadcast once per Ready (see _flush_appends), so the
+        # proposals and commit advances of one loop turn share one message.
+        self._append_pending = False
         self._commit_in_term = False  # cache of _committed_in_current_term
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
@@ -259,6 +263,8 @@ class Raft:
         return self.term != ph.term or self.vote != ph.vote or self.log.committed != ph.commit
 
     def has_ready(self) -> bool:
+        """Also turns the appends asked for since the last Ready into messages."""
+        self._flush_appends()
         if self.msgs or self.read_states or self.log.unstable or self.log.unstable_snapshot:
             return True
         if self._soft_changed() or self._hard_changed():
@@ -266,6 +272,7 @@ class Raft:
         return self.log.has_next_committed_entries()
 
     def ready(self) -> Ready:
+        self._flush_appends()
         rd = Ready()
         if self._soft_changed():
             rd.soft_state = SoftState(self.lead, self.role)
@@ -338,6 +345,7 @@ class Raft:
         self._read_queue.clear()
         self._reads_waiting_commit.clear()
         self._hb_batch = []
+        self._append_pending = False
         self._commit_in_term = False
 
     def _become_follower(self, term: int, lead: int) -> None:
@@ -660,10 +668,10 @@ class Raft:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        self._send(
-            Message(MsgType.APP, to=to, index=prev, log_term=prev_term, entries=ents, commit=self.log.committed)
-        )
+        committed = self.log.committed
+        self._send(Message(MsgType.APP, to=to, index=prev, log_term=prev_term, entries=ents, commit=committed))
         pr.sent_append(ents[-1].index if ents else prev, len(ents))
+        pr.sent_commit = committed
         return True
 
     def _send_snapshot(self, to: int, pr: Progress) -> bool:
@@ -677,8 +685,24 @@ class Raft:
         return True
 
     def _bcast_append(self) -> None:
-        for nid in self.prs:
-            if nid != self.id:
+        """Ask for appends to every follower; sent by _flush_appends when the
+        next Ready is taken."""
+        self._append_pending = True
+
+    def _flush_appends(self) -> None:
+        """One append per follower for everything a loop turn asked for: the
+        new entries of all its proposals and the latest commit index, instead
+        of a message per proposal batch plus an empty one per commit advance.
+        A follower that has every entry and the commit index gets nothing."""
+        if not self._append_pending:
+            return
+        self._append_pending = False
+        if self.role != Role.LEADER:
+            return
+        last = self.log.last_index()
+        committed = self.log.committed
+        for nid, pr in self.prs.items():
+            if nid != self.id and (pr.next <= last or pr.sent_commit < committed):
                 self._send_append(nid)
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:

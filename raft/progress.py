@@ -27,6 +27,7 @@ class Progress:
         "inflight",
         "max_inflight",
         "is_learner",
+        "sent_commit",
     )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
@@ -41,6 +42,9 @@ class Progress:
         self.inflight: deque[int] = deque()
         self.max_inflight = max_inflight
         self.is_learner = is_learner
+        # Commit index carried by the last append sent: a commit-only append
+        # is needed only while this lags the leader's commit index.
+        self.sent_commit = 0
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

@@ -727,3 +727,60 @@ def test_inflight_limit_bounds_appends_to_silent_follower() -> None:
     net.heal()
     net.tick(5)
     assert net.rafts[2].log.committed == net.rafts[1].log.committed
+
+
+# --------------------------------------------------------------------------
+# Appends: one message per follower per Ready
+# --------------------------------------------------------------------------
+
+
+def apps_to(msgs: list[Message], nid: int) -> list[Message]:
+    return [m for m in msgs if m.type == MsgType.APP and m.to == nid]
+
+
+def append_in_flight() -> tuple[Raft, int]:
+    """Leader 1 of a 3-node cluster whose append of one new entry (the
+    returned index) left but is not acknowledged yet."""
+    net = Net()
+    net.elect(1)
+    r = net.rafts[1]
+    r.propose(b"a")
+    net.process(1)
+    return r, r.log.last_index()
+
+
+def test_proposals_of_one_turn_are_one_append_per_follower() -> None:
+    net = Net()
+    net.elect(1)
+    r = net.rafts[1]
+    for k in range(3):
+        r.propose(b"%d" % k)
+    msgs = r.ready().messages
+    for nid in (2, 3):
+        (app,) = apps_to(msgs, nid)
+        assert [e.data for e in app.entries] == [b"0", b"1", b"2"]
+
+
+def test_commit_rides_on_the_next_append() -> None:
+    r, last = append_in_flight()
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=r.term, index=last))
+    assert r.log.committed == last
+    r.propose(b"b")  # same loop turn: one append carries both
+    msgs = r.ready().messages
+    for nid in (2, 3):
+        (app,) = apps_to(msgs, nid)
+        assert [e.data for e in app.entries] == [b"b"] and app.commit == last
+
+
+def test_commit_only_append_when_nothing_else_goes() -> None:
+    # Followers learn a new commit index at once (a write through a follower
+    # waits for it), but only once per follower.
+    r, last = append_in_flight()
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=r.term, index=last))
+    r.step(Message(MsgType.APP_RESP, to=1, frm=3, term=r.term, index=last))
+    rd = r.ready()
+    for nid in (2, 3):
+        (app,) = apps_to(rd.messages, nid)
+        assert app.entries == [] and app.commit == last
+    r.advance(rd)
+    assert not r.has_ready(), "nothing more to tell the followers"
