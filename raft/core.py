@@ -8,9 +8,9 @@ comes from the injected ``random.Random``, so a seed replays a run exactly.
 Implemented: PreVote, CheckQuorum (with the follower-side lease that stops a
 rejoining node from deposing a healthy leader), pipelined replication with
 bounded inflight windows (one append per follower per Ready), fast back-off by
-term, the current-term commit rule, batched ReadIndex (safe or lease-based),
-leader transfer (TimeoutNow), one-at-a-time membership changes with learners,
-and snapshots.
+term, the current-term commit rule, batched ReadIndex (one confirming heartbeat
+round in flight at a time), leader transfer (TimeoutNow), one-at-a-time
+membership changes with learners, and snapshots.
 """
 from __future__ import annotations
 
@@ -124,6 +124,9 @@ class Raft:
         # Heartbeats queued in ``msgs`` and not yet handed out in a Ready: a
         # new read rides on them instead of starting another round.
         self._hb_batch: list[Message] = []
+        # Context of the heartbeat round confirming reads that is in flight;
+        # reads arriving meanwhile wait for the next round (see _ack_read).
+        self._read_round: bytes | None = None
         # Appends are broadcast once per Ready (see _flush_appends), so the
         # proposals and commit advances of one loop turn share one message.
         self._append_pending = False
@@ -345,6 +348,7 @@ class Raft:
         self._read_queue.clear()
         self._reads_waiting_commit.clear()
         self._hb_batch = []
+        self._read_round = None
         self._append_pending = False
         self._commit_in_term = False
 
@@ -706,6 +710,8 @@ class Raft:
                 self._send_append(nid)
 
     def _bcast_heartbeat(self, ctx: bytes = b"") -> None:
+        if ctx:
+            self._read_round = ctx
         committed = self.log.committed
         batch = []
         for nid, pr in self.prs.items():
@@ -875,8 +881,13 @@ class Raft:
             # context: reads arriving between two Readies share one round.
             for hb in self._hb_batch:
                 hb.context = ctx
-        else:
+            self._read_round = ctx
+        elif self._read_round is None:
             self._bcast_heartbeat(ctx)
+        # Else a round is in flight. It started before this read arrived, so
+        # it cannot confirm it: the read waits for the next round, which
+        # starts when this one completes (or at the next heartbeat tick) and
+        # serves every read queued by then.
 
     def _release_reads_waiting_commit(self) -> None:
         if self._reads_waiting_commit and self._committed_in_current_term():
@@ -897,6 +908,12 @@ class Raft:
         for c in done:
             r = self._reads.pop(c)
             self._answer_read(r.requester, r.index, c)
+        if self._read_round is not None and self._read_round not in self._reads:
+            # The round in flight is done: one new round for every read that
+            # arrived meanwhile.
+            self._read_round = None
+            if self._read_queue:
+                self._bcast_heartbeat(self._read_queue[-1])
 
     def _answer_read(self, requester: int, index: int, ctx: bytes) -> None:
         if requester == self.id or requester == NONE:

@@ -1,9 +1,11 @@
 """The asyncio driver: runs the pure core against real time, disk and network.
 
 One loop turns Ready batches into I/O in the order Ready demands:
-persist (one write + one fsync) → send → apply → advance. Proposals and read
-requests made between two turns are folded into one append and one ReadIndex
-round, so throughput grows with load instead of paying one fsync per request.
+persist (one write + one fsync) → send → apply → advance. Proposals made
+between two turns are folded into one append, so throughput grows with load
+instead of paying one fsync per request. Reads run as etcd's
+linearizableReadLoop: at most one ReadIndex round in flight per member, and
+every read arriving meanwhile joins the next round.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ from .types import (
 log = logging.getLogger("raft.node")
 
 _EARLY_TYPES = (MsgType.APP, MsgType.HEARTBEAT)
+# A ReadIndex round unanswered after this many ticks (its request or answer
+# was lost, or the leader dropped it) is asked again (etcd 3.5: 500 ms).
+READ_RETRY_TICKS = 5
 FATAL_EXIT_CODE = 70  # the process exit code after a Ready that could not be persisted or applied
 
 
@@ -94,6 +99,12 @@ class NotLeader(RaftError):
     pass
 
 
+def _fail(futs: list[asyncio.Future[int]], err: BaseException) -> None:
+    for f in futs:
+        if not f.done():
+            f.set_exception(err)
+
+
 class RaftNode:
     """Owns a ``Raft`` core; every core call happens on the event loop thread."""
 
@@ -117,8 +128,11 @@ class RaftNode:
         self.raft = Raft(config, storage)
         self.id = config.id
         self._proposals: list[bytes] = []
+        # Reads waiting for the next round, and the one round in flight
+        # (its context and readers) with its age in ticks.
         self._read_waiters: list[asyncio.Future[int]] = []
-        self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._read_round: tuple[bytes, list[asyncio.Future[int]]] | None = None
+        self._read_round_age = 0
         self._read_seq = itertools.count(1)
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._received_snapshots: dict[int, str] = {}
@@ -156,13 +170,8 @@ class RaftNode:
                 pass
         self._io.shutdown(wait=True)
         err = ProposalDropped("node stopped")
-        for futs in self._reads_in_flight.values():
-            for f in futs:
-                if not f.done():
-                    f.set_exception(err)
-        for f in self._read_waiters:
-            if not f.done():
-                f.set_exception(err)
+        self._fail_read_round(err)
+        _fail(self._read_waiters, err)
         for _, f in self._apply_waiters:
             if not f.done():
                 f.set_exception(err)
@@ -203,8 +212,9 @@ class RaftNode:
         self._wake.set()
 
     def read_index(self) -> asyncio.Future[int]:
-        """Future for a linearizable read point. All callers in one loop turn
-        share a single ReadIndex round."""
+        """Future for a linearizable read point. Callers arriving while a round
+        is in flight share the next one (only a round started after a read
+        arrived may answer it)."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self.raft.lead == NONE:
             fut.set_exception(ProposalDropped("no leader"))
@@ -258,7 +268,15 @@ class RaftNode:
             if loop.time() - deadline > 5 * interval:
                 deadline = loop.time()  # we were paused (SIGSTOP): don't burst ticks
             self.raft.tick()
+            self._age_read_round()
             self._wake.set()
+
+    def _age_read_round(self) -> None:
+        if self._read_round is None:
+            return
+        self._read_round_age += 1
+        if self._read_round_age >= READ_RETRY_TICKS:
+            self._ask_read_index()
 
     def _flush_inputs(self) -> None:
         if self._proposals:
@@ -268,17 +286,43 @@ class RaftNode:
             except ProposalDropped as e:
                 self.stats.proposals_failed += len(batch)
                 log.debug("dropped %d proposals: %s", len(batch), e)
-        if self._read_waiters:
-            waiters, self._read_waiters = self._read_waiters, []
-            ctx = self.id.to_bytes(8, "big") + next(self._read_seq).to_bytes(8, "big")
-            try:
-                self.raft.read_index(ctx)
-            except ProposalDropped as e:
-                for f in waiters:
-                    if not f.done():
-                        f.set_exception(ProposalDropped(str(e)))
-            else:
-                self._reads_in_flight[ctx] = waiters
+        if self._read_waiters and self._read_round is None:
+            self._start_read_round()
+
+    def _start_read_round(self) -> None:
+        waiters = [f for f in self._read_waiters if not f.done()]  # not timed out
+        self._read_waiters = []
+        if not waiters:
+            return
+        ctx = self.id.to_bytes(8, "big") + next(self._read_seq).to_bytes(8, "big")
+        self._read_round = (ctx, waiters)
+        self._ask_read_index()
+
+    def _ask_read_index(self) -> None:
+        """(Re)send the round's request. A retry reuses the context: every
+        answer to it comes from a leader round that started after the first
+        ask, so after all of the round's readers arrived; the first answer
+        counts, whichever ask it belongs to."""
+        assert self._read_round is not None
+        self._read_round_age = 0
+        try:
+            self.raft.read_index(self._read_round[0])
+        except ProposalDropped as e:
+            self._fail_read_round(ProposalDropped(str(e)))
+
+    def _finish_read_round(self, ctx: bytes, index: int) -> None:
+        rr = self._read_round
+        if rr is None or rr[0] != ctx:
+            return  # a second answer, or a round failed by a leader change
+        self._read_round = None
+        for f in rr[1]:
+            if not f.done():
+                f.set_result(index)
+
+    def _fail_read_round(self, err: BaseException) -> None:
+        if self._read_round is not None:
+            _fail(self._read_round[1], err)
+            self._read_round = None
 
     async def _run(self) -> None:
         while True:
@@ -381,10 +425,7 @@ class RaftNode:
         elif snap is not None and not snap.is_empty:
             self._set_applied(snap.meta.index)
         for rs in rd.read_states:
-            waiters = self._reads_in_flight.pop(rs.request_ctx, None)
-            for f in waiters or ():
-                if not f.done():
-                    f.set_result(rs.index)
+            self._finish_read_round(rs.request_ctx, rs.index)
         self.raft.advance(rd)
         self._maybe_compact()
 
@@ -423,14 +464,9 @@ class RaftNode:
         if ss.leader != self._last_leader:
             if ss.leader != NONE:
                 self.stats.leader_changes += 1
-            # Reads in flight may never be answered by a changed leadership;
-            # callers see a retryable error instead of hanging.
-            err = ProposalDropped("leader changed")
-            for futs in self._reads_in_flight.values():
-                for f in futs:
-                    if not f.done():
-                        f.set_exception(err)
-            self._reads_in_flight.clear()
+            # A round in flight may never be answered by a changed leadership;
+            # its readers see a retryable error instead of hanging.
+            self._fail_read_round(ProposalDropped("leader changed"))
             self._last_leader = ss.leader
         self.leader_changed.set()
         self.leader_changed = asyncio.Event()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 from raft.core import Config
-from raft.node import NodeOptions, RaftNode
+from raft.node import READ_RETRY_TICKS, NodeOptions, RaftNode
 from raft.storage import MemoryStorage
-from raft.types import ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot
+from raft.types import ConfChange, ConfChangeType, Entry, EntryType, Message, MsgType, Snapshot
 
 
 class ListMachine:
@@ -54,6 +54,16 @@ class Net:
     def __init__(self) -> None:
         self.nodes: dict[int, RaftNode] = {}
         self.down: set[int] = set()
+        self.hold: Callable[[Message], bool] = lambda m: False  # True: keep it in ``held``
+        self.held: list[Message] = []
+        self.sent: list[Message] = []
+
+    def release(self, drop: bool = False) -> None:
+        held, self.held = self.held, []
+        if not drop:
+            loop = asyncio.get_running_loop()
+            for m in held:
+                loop.call_soon(self.nodes[m.to].step, m)
 
     def transport(self, me: int) -> "Net._T":
         return Net._T(self, me)
@@ -66,6 +76,10 @@ class Net:
             loop = asyncio.get_running_loop()
             for m in messages:
                 if self.me in self.net.down or m.to in self.net.down:
+                    continue
+                self.net.sent.append(m)
+                if self.net.hold(m):
+                    self.net.held.append(m)
                     continue
                 loop.call_soon(self.net.nodes[m.to].step, m)
 
@@ -178,5 +192,64 @@ def test_conf_change_adds_learner_through_driver() -> None:
         assert sorted(leader.raft.voters) == [1, 2, 3]
         for n in net.nodes.values():
             await n.stop()
+
+    asyncio.run(main())
+
+
+async def settle(turns: int = 20) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def known_leader_and_follower(net: Net) -> tuple[RaftNode, RaftNode]:
+    leader = await wait_leader(net)
+    await wait_until(lambda: all(n.leader == leader.id for n in net.nodes.values()), "followers")
+    return leader, next(n for n in net.nodes.values() if not n.is_leader)
+
+
+async def stop_all(net: Net) -> None:
+    for n in net.nodes.values():
+        await n.stop()
+
+
+def test_one_read_round_in_flight_per_member() -> None:
+    async def main() -> None:
+        net, machines, _ = await make_cluster()
+        leader, follower = await known_leader_and_follower(net)
+        asks = lambda: [m for m in net.sent if m.type == MsgType.READ_INDEX and m.frm == follower.id]
+        net.hold = lambda m: m.type == MsgType.READ_INDEX
+        first = follower.read_index()
+        await wait_until(lambda: len(net.held) == 1, "the first round to be asked")
+        leader.propose(b"w")  # acknowledged after the first round started
+        await wait_until(lambda: machines[leader.id].data == [b"w"], "the write applied")
+        write_index = leader.applied
+        later = [follower.read_index() for _ in range(10)]
+        await settle()
+        assert len(asks()) == 1, "no second round while one is in flight"
+        net.hold = lambda m: False
+        net.release()
+        await first
+        assert not any(f.done() for f in later), "the first round must not answer reads that came after it"
+        later_indexes = await asyncio.gather(*later)
+        assert len(asks()) == 2, "one more round served all ten later reads"
+        assert len(set(later_indexes)) == 1 and later_indexes[0] >= write_index, "later reads see the write"
+        await stop_all(net)
+
+    asyncio.run(main())
+
+
+def test_lost_read_round_is_asked_again() -> None:
+    async def main() -> None:
+        net, _, _ = await make_cluster()
+        _, follower = await known_leader_and_follower(net)
+        net.hold = lambda m: m.type == MsgType.READ_INDEX
+        fut = follower.read_index()
+        await wait_until(lambda: len(net.held) == 1, "the round to be asked")
+        net.release(drop=True)  # lost on the way to the leader
+        net.hold = lambda m: False
+        assert await fut >= 1
+        asks = [m for m in net.sent if m.type == MsgType.READ_INDEX]
+        assert len(asks) == 2 and asks[0].context == asks[1].context, f"asked again after {READ_RETRY_TICKS} ticks"
+        await stop_all(net)
 
     asyncio.run(main())

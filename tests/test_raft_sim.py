@@ -371,16 +371,69 @@ def test_read_index_batches_many_reads_into_one_round() -> None:
     assert all(rs.index == commit for rs in got)
 
 
-def test_read_index_answered_by_last_round_when_earlier_rounds_lost() -> None:
+def read_round_in_flight(ctx: bytes) -> tuple[Net, Raft]:
+    """A 3-node cluster led by node 1 whose heartbeat round for read ``ctx``
+    is queued in the network, not delivered."""
     net = Net()
     net.elect(1)
     r = net.rafts[1]
-    r.read_index(b"a")
+    r.read_index(ctx)
     net.process(1)
+    return net, r
+
+
+def test_read_index_answered_by_last_round_when_earlier_rounds_lost() -> None:
+    net, r = read_round_in_flight(b"a")
     net.queue.clear()  # the first round is lost
     r.read_index(b"b")
     net.deliver()
+    assert net.reads[1] == [], "b waits for the round in flight, which never completes"
+    net.tick(1)  # the heartbeat tick starts a new round carrying the newest read
     assert [rs.request_ctx for rs in net.reads[1]] == [b"a", b"b"]
+
+
+def test_reads_arriving_during_a_round_wait_for_the_next_one() -> None:
+    # At most one heartbeat round for reads in flight: the reads that arrive
+    # meanwhile (the leader's own and forwarded ones) share the next round,
+    # and the round in flight, which started before they arrived, never
+    # answers them.
+    net, r = read_round_in_flight(b"a")
+    round1 = [m for m in net.queue if m.type == MsgType.HEARTBEAT]
+    assert [m.context for m in round1] == [b"a", b"a"]
+    r.read_index(b"b")
+    net.rafts[2].read_index(b"c")
+    net.process(2)  # c is forwarded: the leader gets it after round 1 left
+    net.propose(1, b"x")  # also delivers: round 1's acks, then round 2's
+    hbs = [m.context for m in net.sent if m.type == MsgType.HEARTBEAT]
+    assert hbs == [b"a", b"a", b"c", b"c"], "exactly two rounds, the second for b and c"
+    assert [rs.request_ctx for rs in net.reads[1]] == [b"a", b"b"]
+    assert [rs.request_ctx for rs in net.reads[2]] == [b"c"]
+
+
+def test_round_in_flight_does_not_answer_later_reads() -> None:
+    net, r = read_round_in_flight(b"a")
+    r.read_index(b"b")  # arrives after round "a" started
+    for frm in (2, 3):
+        r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=frm, term=r.term, context=b"a"))
+    rd = r.ready()
+    assert [rs.request_ctx for rs in rd.read_states] == [b"a"]
+    assert [m.context for m in rd.messages if m.type == MsgType.HEARTBEAT] == [b"b", b"b"], "next round starts at once"
+    r.advance(rd)
+    r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=3, term=r.term, context=b"b"))
+    assert [rs.request_ctx for rs in r.ready().read_states] == [b"b"]
+
+
+def test_follower_reads_of_one_turn_share_one_round() -> None:
+    net = Net()
+    net.elect(1)
+    for nid, ctx in ((2, b"p"), (3, b"q")):
+        net.rafts[nid].read_index(ctx)
+        net.process(nid)
+    forwarded = [net.queue.pop(0) for _ in range(2)]
+    for m in forwarded:
+        net.rafts[1].step(copy_message(m))  # both before the leader's next Ready
+    rd = net.rafts[1].ready()
+    assert [m.context for m in rd.messages if m.type == MsgType.HEARTBEAT] == [b"q", b"q"]
 
 
 def test_follower_read_is_forwarded_and_answered() -> None:
