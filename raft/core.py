@@ -131,6 +131,7 @@ class Raft:
         # proposals and commit advances of one loop turn share one message.
         self._append_pending = False
         self._commit_in_term = False  # cache of _committed_in_current_term
+        self._beats = 0  # heartbeat intervals (BEAT) so far
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._reset_randomized_timeout()
@@ -732,6 +733,7 @@ class Raft:
     def _step_leader(self, m: Message) -> None:
         t = m.type
         if t == MsgType.BEAT:
+            self._beats += 1
             self._bcast_heartbeat(self._read_queue[-1] if self._read_queue else b"")
             return
         if t == MsgType.CHECK_QUORUM:
@@ -765,8 +767,13 @@ class Raft:
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflight_full and pr.inflight:
                 pr.inflight.popleft()
-            if pr.match < self.log.last_index():
-                self._send_append(m.frm)
+            # A follower behind the log gets an append: the next entries, or
+            # an empty one at the end of those in flight, which it rejects
+            # if one of them was lost. Read rounds bring many responses per
+            # heartbeat interval, so the empty one goes once per interval.
+            due = pr.beat_checked != self._beats
+            if pr.match < self.log.last_index() and self._send_append(m.frm, send_if_empty=due):
+                pr.beat_checked = self._beats
             if m.context and self.cfg.read_only == ReadOnlyOption.SAFE:
                 self._ack_read(m.context, m.frm)
         elif t == MsgType.SNAP_STATUS:

@@ -28,6 +28,7 @@ class Progress:
         "max_inflight",
         "is_learner",
         "sent_commit",
+        "beat_checked",
     )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
@@ -45,6 +46,9 @@ class Progress:
         # Commit index carried by the last append sent: a commit-only append
         # is needed only while this lags the leader's commit index.
         self.sent_commit = 0
+        # Heartbeat interval (Raft._beats) in which an append last went out
+        # on a heartbeat response.
+        self.beat_checked = 0
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

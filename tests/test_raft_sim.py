@@ -837,3 +837,26 @@ def test_commit_only_append_when_nothing_else_goes() -> None:
         assert app.entries == [] and app.commit == last
     r.advance(rd)
     assert not r.has_ready(), "nothing more to tell the followers"
+
+
+def test_read_rounds_resend_appends_in_flight_once_per_heartbeat_interval() -> None:
+    # A heartbeat response from a follower behind the log re-sends an empty
+    # append (it rejects it if an append in flight was lost); many read
+    # rounds per interval must not each add one.
+    r, last = append_in_flight()
+    sent: list[Message] = []
+    for k in range(5):
+        ctx = b"r%d" % k
+        r.read_index(ctx)
+        for nid in (2, 3):
+            r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=nid, term=r.term, context=ctx))
+        rd = r.ready()
+        sent += rd.messages
+        r.advance(rd)
+    assert [m.type for m in sent].count(MsgType.HEARTBEAT) == 10, "five read rounds"
+    assert apps_to(sent, 2) == [] and apps_to(sent, 3) == []
+    r.tick()  # a heartbeat interval
+    for _ in range(3):
+        r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=r.term))
+    (app,) = apps_to(r.ready().messages, 2)
+    assert app.index == last and app.entries == []
