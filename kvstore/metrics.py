@@ -1,14 +1,16 @@
 """Prometheus metrics under etcd's names, so etcd dashboards and alerts work.
 
 Gauges and totals are read from the server when scraped (a custom collector:
-no timers, no double bookkeeping); histograms and per-RPC counters are fed
-where the event happens.
+no timers, no double bookkeeping); histograms are fed where the event
+happens. Per-RPC counters are plain ints bumped on every call (``RpcCounts``)
+and turned into the go-grpc-prometheus families at scrape time: a
+prometheus_client Counter takes a lock per increment.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
@@ -37,39 +39,74 @@ class Metrics:
             buckets=_DISK_BUCKETS,
             registry=self.registry,
         )
-        self.grpc_started = Counter(
-            "grpc_server_started",
-            "Total number of RPCs started on the server.",
-            ["grpc_type", "grpc_service", "grpc_method"],
-            registry=self.registry,
-        )
-        self.grpc_handled = Counter(
-            "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            registry=self.registry,
-        )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._rpcs: dict[tuple[str, str, str], RpcCounts] = {}
+        self.registry.register(_RpcCollector(self._rpcs))
+
+    def rpc_counts(self, service: str, method: str, kind: str = "unary") -> "RpcCounts":
+        """The counters of one method; callers keep it and bump its fields."""
+        key = (kind, service, method)
+        counts = self._rpcs.get(key)
+        if counts is None:
+            counts = self._rpcs[key] = RpcCounts()
+        return counts
 
     def rpc_started(self, service: str, method: str, kind: str = "unary") -> None:
-        key = ("s", kind, service, method)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.grpc_started.labels(kind, service, method)
-        child.inc()  # type: ignore[attr-defined]
+        self.rpc_counts(service, method, kind).started += 1
 
     def rpc_handled(self, service: str, method: str, code: str, kind: str = "unary") -> None:
-        key = ("h", kind, service, method, code)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.grpc_handled.labels(kind, service, method, code)
-        child.inc()  # type: ignore[attr-defined]
+        self.rpc_counts(service, method, kind).handled_code(code)
 
     def bind(self, server: "KvServer") -> None:
         self.registry.register(_ServerCollector(server))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RpcCounts:
+    """grpc_server_started / grpc_server_handled of one method (by grpc-go code name)."""
+
+    __slots__ = ("started", "ok", "codes")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.ok = 0  # the common case, without a dict update
+        self.codes: dict[str, int] = {}
+
+    def handled_code(self, code: str) -> None:
+        if code == "OK":
+            self.ok += 1
+        else:
+            self.codes[code] = self.codes.get(code, 0) + 1
+
+
+class _RpcCollector:
+    """The per-RPC counters as go-grpc-prometheus names and labels them."""
+
+    def __init__(self, rpcs: dict[tuple[str, str, str], RpcCounts]) -> None:
+        self.rpcs = rpcs
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        started = CounterMetricFamily(
+            "grpc_server_started", "Total number of RPCs started on the server.",
+            labels=["grpc_type", "grpc_service", "grpc_method"],
+        )
+        handled = CounterMetricFamily(
+            "grpc_server_handled", "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+        )
+        for (kind, service, method), c in list(self.rpcs.items()):
+            if c.started:
+                started.add_metric([kind, service, method], c.started)
+            if c.ok:
+                handled.add_metric([kind, service, method, "OK"], c.ok)
+            for code, n in list(c.codes.items()):
+                handled.add_metric([kind, service, method, code], n)
+        yield started
+        yield handled
 
 
 class _ServerCollector:
