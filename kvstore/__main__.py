@@ -20,7 +20,7 @@ import grpc
 from aiohttp import web
 
 from . import __version__, limits, tls
-from .api import add_services, server_interceptors
+from .api import add_services
 from .config import ConfigError, ServerConfig, grpc_target, parse
 from .http import build_app
 from .server import DataDirError, KvServer
@@ -150,7 +150,7 @@ async def serve(cfg: ServerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     grpc_server = grpc.aio.server(
-        interceptors=server_interceptors(server),  # authorisation (kvstore.api.auth)
+        # No interceptors: authorisation is in each method's wrapper (kvstore.api.authz).
         options=[
             ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD),
             ("grpc.max_send_message_length", 2**31 - 1),

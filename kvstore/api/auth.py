@@ -1,65 +1,32 @@
-"""etcdserverpb.Auth over gRPC, and the one place gRPC calls are authorised.
+"""etcdserverpb.Auth over gRPC, and the Watch service's permission checks.
 
-``server_interceptors(server)`` gives the interceptor ``__main__`` installs on
-the gRPC server: while auth is enabled it resolves the caller (``token``
-metadata, as etcd's clients send it) for every unary and server-streaming
-call, runs ``server.auth.check_request`` (reads after their ReadIndex
-barrier), and runs the handler under the caller's identity so that whatever
-it proposes is checked again when applied (see ``kvstore.auth``). While auth
-is disabled it costs one boolean test per call.
+Calls are authorised in ``kvstore.api.authz`` (``guard`` is re-exported here
+for the front ends that call servicers directly).
 
 ``AuthWatchService`` is the Watch service with etcd's per-create check: a
 create the caller may not read is answered, in order, with a created and
 canceled response (watch id -1) whose cancel_reason is the gRPC error
 string, exactly as etcd 3.4 does.
-
-Errors are etcd's, including its shapes: Maintenance admin calls fail with
-code UNKNOWN and the raw "auth: ..." message; Lock and Election with code
-UNKNOWN and the "etcdserver: ..." message (their recipes run through clientv3
-in etcd).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, AsyncIterator
 
 import grpc
 
 from .. import errors
-from ..auth import ANONYMOUS, Auth, AuthInfo, raw_auth_error
+from ..auth import ANONYMOUS, Auth, AuthInfo
 from ..errors import EtcdError
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import KvServer
+from .authz import credentials, guard
 from .common import unary
 from .watch import WatchService
 
 log = logging.getLogger("kvstore.api.auth")
 
-TOKEN_KEYS = ("token", "authorization")  # rpctypes.TokenFieldNameGRPC / ...Swagger
-GATEWAY_KEY = "grpcgateway-accept"  # a gateway's certificate is not a user
-
-# Calls that never look at credentials (etcd: no AuthInfoFromCtx on them).
-UNCHECKED = frozenset(
-    {
-        "/etcdserverpb.Auth/Authenticate",
-        "/etcdserverpb.Maintenance/Status",
-        "/etcdserverpb.Cluster/MemberList",
-        "/etcdserverpb.Lease/LeaseKeepAlive",
-        "/etcdserverpb.Lease/LeaseLeases",
-        "/etcdserverpb.Watch/Watch",  # per create request, in AuthWatchService
-    }
-)
-RAW_STYLE = frozenset(
-    {
-        "/etcdserverpb.Maintenance/Defragment",
-        "/etcdserverpb.Maintenance/Snapshot",
-        "/etcdserverpb.Maintenance/Hash",
-        "/etcdserverpb.Maintenance/HashKV",
-    }
-)
-RECIPE_PREFIXES = ("/v3lockpb.Lock/", "/v3electionpb.Election/")
-LEASE_FORWARD_HEADER = "kvstore-lease-forwarded"  # kvstore.lease.FORWARD_HEADER
+__all__ = ["AuthService", "AuthWatchService", "go_status_string", "guard"]  # guard: kvstore.api.authz's
 
 # Go's names of gRPC codes, for watch cancel reasons ("rpc error: code = ...").
 _GO_CODE = {
@@ -73,173 +40,6 @@ _GO_CODE = {
 
 def go_status_string(e: EtcdError) -> str:
     return f"rpc error: code = {_GO_CODE.get(e.code, e.code.name)} desc = {e.message}"
-
-
-def _styled(method: str, e: EtcdError) -> EtcdError:
-    if method in RAW_STYLE:
-        return raw_auth_error(e)
-    if method.startswith(RECIPE_PREFIXES) and e.code != grpc.StatusCode.UNAVAILABLE:
-        return EtcdError(grpc.StatusCode.UNKNOWN, e.message)
-    return e
-
-
-def credentials(context: Any, auth: Auth) -> tuple[str | None, str | None]:
-    """(token, client certificate common name) of a call."""
-    token = None
-    gateway = False
-    for k, v in context.invocation_metadata() or ():
-        if k in TOKEN_KEYS and token is None:
-            token = v if isinstance(v, str) else v.decode()
-        elif k == GATEWAY_KEY:
-            gateway = True
-    cn = None
-    if token is None and auth.client_cert_auth and not gateway:
-        try:
-            names = context.auth_context().get("x509_common_name") or ()
-        except Exception:  # pragma: no cover - no TLS on this call
-            names = ()
-        if names:
-            cn = names[0].decode() if isinstance(names[0], bytes) else names[0]
-    return token, cn
-
-
-def _set_serializable(t: rpc_pb2.TxnRequest) -> None:
-    for op in list(t.success) + list(t.failure):
-        which = op.WhichOneof("request")
-        if which == "request_range":
-            op.request_range.serializable = True
-        elif which == "request_txn":
-            _set_serializable(op.request_txn)
-
-
-def _txn_serializable(t: rpc_pb2.TxnRequest) -> bool:
-    for op in list(t.success) + list(t.failure):
-        which = op.WhichOneof("request")
-        if which == "request_range" and not op.request_range.serializable:
-            return False
-        if which == "request_txn" and not _txn_serializable(op.request_txn):
-            return False
-    return True
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, server: KvServer) -> None:
-        self.s = server
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method in UNCHECKED:
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, self._wrap(method, handler))
-            self._wrapped[method] = cached
-        return cached[1]
-
-    async def _authorize(self, auth: Auth, method: str, request: Any, context: Any) -> AuthInfo:
-        """Resolve and check one call; reads get their barrier here."""
-        token, cn = credentials(context, auth)
-        info = await auth.resolve(token, cn)
-        s = self.s
-        if method == "/etcdserverpb.KV/Range":
-            if not request.serializable and not s.is_learner():
-                # Check against state at least as new as the read point; the
-                # handler then reads without a second barrier.
-                await s.read_barrier()
-                request.serializable = True
-        elif method == "/etcdserverpb.KV/Txn":
-            from ..mvcc import is_txn_readonly
-
-            if is_txn_readonly(request) and not _txn_serializable(request) and not s.is_learner():
-                await s.read_barrier()
-                _set_serializable(request)
-        elif method == "/etcdserverpb.Lease/LeaseTimeToLive":
-            md = context.invocation_metadata() or ()
-            if any(k == LEASE_FORWARD_HEADER for k, _ in md):
-                return info  # checked by the member the client called
-        auth.check_request(info, method, request)
-        return info
-
-    def unary_unary(self, method: str, inner: Any) -> Any:
-        """``inner(request, context)`` authorised as a call of ``method``."""
-        s = self.s
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            auth = s.auth
-            if not auth.enabled:
-                return await inner(request, context)
-            try:
-                info = await self._authorize(auth, method, request, context)
-            except EtcdError as e:
-                e = _styled(method, e)
-                await context.abort(e.code, e.message)
-            with auth.identity(info):
-                return await inner(request, context)
-
-        return unary_unary
-
-    def unary_stream(self, method: str, inner: Any) -> Any:
-        """The same for a server-streaming ``inner`` (an async generator)."""
-        s = self.s
-
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            auth = s.auth
-            info = None
-            if auth.enabled:
-                try:
-                    info = await self._authorize(auth, method, request, context)
-                except EtcdError as e:
-                    e = _styled(method, e)
-                    await context.abort(e.code, e.message)
-            if info is None:
-                async for item in inner(request, context):
-                    yield item
-                return
-            with auth.identity(info):
-                async for item in inner(request, context):
-                    yield item
-
-        return unary_stream
-
-    def _wrap(self, method: str, h: Any) -> Any:
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self.unary_unary(method, h.unary_unary),
-                request_deserializer=h.request_deserializer,
-                response_serializer=h.response_serializer,
-            )
-        if h.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self.unary_stream(method, h.unary_stream),
-                request_deserializer=h.request_deserializer,
-                response_serializer=h.response_serializer,
-            )
-        return h  # client streams: LeaseKeepAlive and Watch (see UNCHECKED)
-
-
-def guard(server: KvServer, method: str, fn: Any) -> Any:
-    """``fn(request, context)`` (a servicer method) authorised exactly as the
-    gRPC interceptor authorises a call of ``method`` (e.g.
-    "/etcdserverpb.KV/Range"): for front ends that call the servicers
-    directly (HTTP gateway, REST API). The context needs
-    ``invocation_metadata()`` (the token under "token" or "authorization")
-    and ``abort(code, message)``. Watch and LeaseKeepAlive need no guard
-    (the Watch servicer checks each create itself)."""
-    if method in UNCHECKED:
-        return fn
-    ic: AuthInterceptor | None = getattr(server, "_auth_interceptor", None)
-    if ic is None:
-        ic = AuthInterceptor(server)
-        server._auth_interceptor = ic  # type: ignore[attr-defined]
-    if inspect.isasyncgenfunction(fn):
-        return ic.unary_stream(method, fn)
-    return ic.unary_unary(method, fn)
-
-
-def server_interceptors(server: KvServer) -> list[grpc.aio.ServerInterceptor]:
-    return [AuthInterceptor(server)]
 
 
 class AuthWatchService(WatchService):

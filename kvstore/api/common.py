@@ -1,4 +1,5 @@
-"""Shared plumbing of the gRPC adapters: EtcdError → gRPC status."""
+"""Shared plumbing of the gRPC adapters: the per-method wrapper (authorisation,
+counters, EtcdError → gRPC status)."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +10,9 @@ import grpc
 
 from .. import errors
 from ..errors import EtcdError
-from ..pb import internal_pb2, rpc_pb2
+from ..metrics import RpcCounts
+from ..pb import internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
+from . import authz
 
 log = logging.getLogger("kvstore.api")
 
@@ -18,12 +21,9 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 NOT_SUPPORTED_FOR_LEARNER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner")
 
 
-def _refused_by_learner(service: Any, request: Any) -> bool:
-    """etcd 3.4's isRPCSupportedForLearner: a learner serves Status and
-    serializable Range only; every other unary RPC is refused."""
-    server = getattr(service, "s", None)
-    if server is None or not server.is_learner():
-        return False
+def _refused_by_learner(request: Any) -> bool:
+    """etcd 3.4's isRPCSupportedForLearner (asked on a learner): it serves
+    Status and serializable Range only; every other unary RPC is refused."""
     if isinstance(request, rpc_pb2.StatusRequest):
         return False
     if isinstance(request, rpc_pb2.RangeRequest):
@@ -45,15 +45,18 @@ async def check_quota(server: Any, req: Any) -> None:
     raise errors.NO_SPACE
 
 
-_SERVICE_NAMES = {
-    "KVService": "etcdserverpb.KV",
-    "LeaseService": "etcdserverpb.Lease",
-    "ClusterService": "etcdserverpb.Cluster",
-    "MaintenanceService": "etcdserverpb.Maintenance",
-    "AuthService": "etcdserverpb.Auth",
-    "LockService": "v3lockpb.Lock",
-    "ElectionService": "v3electionpb.Election",
-}
+def _service_names() -> dict[str, str]:
+    """Generated servicer base class name → full gRPC service name."""
+    out = {}
+    for mod in (rpc_pb2, v3lock_pb2, v3election_pb2):
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            out[svc.name + "Servicer"] = svc.full_name
+    return out
+
+
+_SERVICE_NAMES = _service_names()
+
+
 # grpc-go's code names, as etcd's go-grpc-prometheus labels them.
 _PROM_CODES = {
     "OK": "OK", "CANCELLED": "Canceled", "UNKNOWN": "Unknown", "INVALID_ARGUMENT": "InvalidArgument",
@@ -65,40 +68,81 @@ _PROM_CODES = {
 }
 
 
+class _Site:
+    """What the wrapper of one servicer method needs on every call, resolved
+    on its first call (kept on the servicer instance)."""
+
+    __slots__ = ("server", "path", "checked", "counts")
+
+    def __init__(self, servicer: Any, method: str) -> None:
+        service = next(
+            (_SERVICE_NAMES[c.__name__] for c in type(servicer).__mro__ if c.__name__ in _SERVICE_NAMES),
+            type(servicer).__name__,
+        )
+        self.server = getattr(servicer, "s", None)
+        self.path = f"/{service}/{method}"
+        self.checked = self.path not in authz.UNCHECKED
+        metrics = getattr(self.server, "metrics", None)
+        self.counts: RpcCounts | None = metrics.rpc_counts(service, method) if metrics is not None else None
+
+
 def unary(fn: F) -> F:
-    """Wrap a unary handler: etcd errors become their gRPC status; anything
-    unexpected is logged once and reported as INTERNAL, never a dropped call."""
+    """Wrap a unary handler: authorisation while auth is enabled (one flag
+    test otherwise, see authz), learner refusal, per-RPC counters; etcd errors
+    become their gRPC status; anything unexpected is logged once and
+    reported as INTERNAL, never a dropped call."""
 
     method = fn.__name__
+    attr = "_site_" + method
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metrics = getattr(getattr(self, "s", None), "metrics", None)
-        service = _SERVICE_NAMES.get(type(self).__name__, type(self).__name__)
-        if metrics is not None:
-            metrics.rpc_started(service, method)
-
-        def handled(code: str) -> None:
-            # Before the status leaves: a client that reads /metrics right
-            # after its call returned must see the call counted.
-            if metrics is not None:
-                metrics.rpc_handled(service, method, _PROM_CODES.get(code, code))
-
+        site: _Site | None = getattr(self, attr, None)
+        if site is None:
+            site = _Site(self, method)
+            setattr(self, attr, site)
+        counts = site.counts
+        if counts is not None:
+            counts.started += 1
         try:
-            if _refused_by_learner(self, request):
-                raise NOT_SUPPORTED_FOR_LEARNER
-            resp = await fn(self, request, context)
+            server = site.server
+            auth = getattr(server, "auth", None)
+            if auth is not None and auth.enabled and site.checked:
+                resp = await _authorized(fn, site, auth, self, request, context)
+            else:
+                if server is not None and server.is_learner() and _refused_by_learner(request):
+                    raise NOT_SUPPORTED_FOR_LEARNER
+                resp = await fn(self, request, context)
         except EtcdError as e:
-            handled(e.code.name)
+            # Counted before the status leaves: a client that reads /metrics
+            # right after its call returned must see the call counted.
+            if counts is not None:
+                counts.handled_code(_PROM_CODES.get(e.code.name, e.code.name))
             await context.abort(e.code, e.message)
         except grpc.aio.AbortError:
-            handled("ABORTED")
+            if counts is not None:
+                counts.handled_code("Aborted")
             raise
         except Exception:
-            handled("INTERNAL")
-            log.exception("internal error in %s", fn.__name__)
+            if counts is not None:
+                counts.handled_code("Internal")
+            log.exception("internal error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "kvstore: internal error")
-        handled("OK")
+        if counts is not None:
+            counts.ok += 1
         return resp
 
+    wrapper.authorizes = True  # type: ignore[attr-defined]  # authz.guard adds nothing
     return wrapper  # type: ignore[return-value]
+
+
+async def _authorized(fn: Callable[..., Awaitable[Any]], site: _Site, auth: Any, servicer: Any, request: Any, context: Any) -> Any:
+    """``fn`` as the caller (auth is enabled): resolved and checked first."""
+    try:
+        info = await authz.authorize(site.server, auth, site.path, request, context)
+    except EtcdError as e:
+        raise authz.styled(site.path, e) from None
+    if site.server.is_learner() and _refused_by_learner(request):
+        raise NOT_SUPPORTED_FOR_LEARNER
+    with auth.identity(info):
+        return await fn(servicer, request, context)

@@ -6,6 +6,7 @@ import grpc
 from ..mvcc import check_delete, check_put, check_range, check_txn, is_txn_readonly
 from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import KvServer
+from .authz import txn_serializable
 from .common import check_quota, unary
 
 
@@ -44,7 +45,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         check_txn(request, self.s.cfg.max_txn_ops)
         if is_txn_readonly(request):
             # Like etcd: a read-only txn needs a read point, not a log entry.
-            if not _txn_serializable(request):
+            if not txn_serializable(request):
                 await self.s.read_barrier()
             resp = self.s.store.txn(request)
             resp.header.CopyFrom(self.s.header())
@@ -62,13 +63,3 @@ class KVService(rpc_pb2_grpc.KVServicer):
         res.response.header.CopyFrom(self.s.header(res.revision))
         return res.response
 
-
-def _txn_serializable(txn: rpc_pb2.TxnRequest) -> bool:
-    """etcd: serializable only if every range in it (and nested txns) is."""
-    for op in list(txn.success) + list(txn.failure):
-        kind = op.WhichOneof("request")
-        if kind == "request_range" and not op.request_range.serializable:
-            return False
-        if kind == "request_txn" and not _txn_serializable(op.request_txn):
-            return False
-    return True

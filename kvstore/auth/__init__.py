@@ -13,9 +13,9 @@ etcd's simple tokens (``tokens.py``).
 
 Where the checks happen
 -----------------------
-* gRPC: one interceptor (``kvstore.api.auth.server_interceptors``) resolves
-  the ``token`` metadata (or a client certificate's common name) and runs
-  ``check_request`` for every unary and server-streaming call; the Watch
+* gRPC: each method's wrapper (``kvstore.api.authz``; no interceptor)
+  resolves the ``token`` metadata (or a client certificate's common name)
+  and runs ``check_request`` for every unary and server-streaming call; the Watch
   stream checks each create request (``watch_error``). Reads are checked
   after their ReadIndex barrier, against the member's applied auth state.
 * Writes (Put, DeleteRange, Txn with writes, LeaseRevoke) and auth changes
@@ -26,7 +26,7 @@ Where the checks happen
   with "etcdserver: revision of auth store is old". Lock and Election are
   checked through the Txn/DeleteRange requests their recipes propose (plus a
   READ check of the election/lock prefix at the API).
-* While auth is disabled everything passes: the interceptor, ``propose`` and
+* While auth is disabled everything passes: the method wrappers, ``propose`` and
   the apply loop each test one boolean (``auth.enabled``).
 
 Use from other front ends (HTTP gateway, REST API, dashboard)
