@@ -40,7 +40,7 @@ being read. A path whose service this server does not register answers
 
 Authentication: the ``Authorization`` header carries the token from
 ``/v3/auth/authenticate`` (as with etcd); each call is authorised by
-``kvstore.api.auth.guard`` exactly as the gRPC interceptor authorises it.
+``kvstore.api.auth.guard`` exactly as the gRPC method wrapper authorises it.
 """
 from __future__ import annotations
 
@@ -278,7 +278,7 @@ class Method:
         self.server_streaming = desc.server_streaming
 
     def handler(self, server: Any) -> Callable[..., Any]:
-        """The servicer method, authorised as the gRPC interceptor authorises
+        """The servicer method, authorised as the gRPC method wrapper authorises
         the same call (kvstore.api.auth.guard)."""
         from .api import servicers
         from .api.auth import guard

@@ -339,11 +339,13 @@ class KvServer:
         return await self._wait(rid, fut, REQUEST_TIMEOUT)
 
     async def _wait(self, rid: int, fut: asyncio.Future[Applied], timeout: float) -> Applied:
+        # One timer that fails the future, not asyncio.wait_for (which costs
+        # a second future, a task wake-up and callbacks per proposal).
+        timer = asyncio.get_running_loop().call_later(timeout, _time_out, fut)
         try:
-            res = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise errors.TIMEOUT from None
+            res = await fut
         finally:
+            timer.cancel()
             self._waiters.pop(rid, None)
         if res.error is not None:
             raise res.error
@@ -351,28 +353,23 @@ class KvServer:
 
     async def read_barrier(self, timeout: float = REQUEST_TIMEOUT) -> None:
         """Wait until this member's state reflects every write acknowledged
-        before the call (ReadIndex; one round serves all concurrent readers)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise errors.TIMEOUT
-            if self.node.leader == NONE:
-                # An election may be under way: wait for it, not for a timer.
-                try:
-                    await asyncio.wait_for(self.node.leader_changed.wait(), remaining)
-                except asyncio.TimeoutError:
-                    raise errors.NO_LEADER from None
-                continue
-            try:
-                index = await asyncio.wait_for(self.node.read_index(), remaining)
-                await asyncio.wait_for(self.node.wait_applied(index), max(0.0, deadline - loop.time()))
-                return
-            except ProposalDropped:
-                continue  # leader changed mid-read: ask the new one
-            except asyncio.TimeoutError:
-                raise errors.TIMEOUT from None
+        before the call (ReadIndex: the node runs one round at a time, shared
+        by every reader that arrived while the previous one was under way)."""
+        try:
+            async with asyncio.timeout(timeout):  # one timer, not a wait_for per step
+                while True:
+                    if self.node.leader == NONE:
+                        # An election may be under way: wait for it, not for a timer.
+                        await self.node.leader_changed.wait()
+                        continue
+                    try:
+                        index = await self.node.read_index()
+                    except ProposalDropped:
+                        continue  # leader changed mid-read: ask the new one
+                    await self.node.wait_applied(index)
+                    return
+        except TimeoutError:
+            raise (errors.NO_LEADER if self.node.leader == NONE else errors.TIMEOUT) from None
 
     # ------------------------------------------------------------------ status
     def is_learner(self) -> bool:
@@ -453,3 +450,8 @@ def force_new_cluster(member_id: int, raft_store: LmdbStorage) -> list[int]:
 
 def remove_data_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)

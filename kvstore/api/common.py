@@ -136,7 +136,9 @@ def unary(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-async def _authorized(fn: Callable[..., Awaitable[Any]], site: _Site, auth: Any, servicer: Any, request: Any, context: Any) -> Any:
+async def _authorized(
+    fn: Callable[..., Awaitable[Any]], site: _Site, auth: Any, servicer: Any, request: Any, context: Any
+) -> Any:
     """``fn`` as the caller (auth is enabled): resolved and checked first."""
     try:
         info = await authz.authorize(site.server, auth, site.path, request, context)
