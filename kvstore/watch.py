@@ -7,11 +7,21 @@ apply batch, in revision order).
 
 Shape (as etcd's ``watchableStore``):
 
-* **synced** watchers have been sent every event up to the hub's revision.
-  They are indexed by key range and receive live events straight from
-  ``notify``. Watchers with the same range, filters and ``prev_kv`` form one
-  group: an event batch is encoded once per group and the bytes are shared by
-  every watcher of the group (1,000 watchers on a prefix cost one encoding).
+* **synced** watchers have been sent (or queued) every event up to the hub's
+  revision. They are indexed by key range and receive live events straight
+  from ``notify``. Watchers with the same range, filters and ``prev_kv`` form
+  one group: an event batch is encoded once per group into the group's log
+  and the bytes are shared by every watcher of the group (1,000 watchers on a
+  prefix cost one encoding).
+* **coalescing**: a synced watcher's queued events response is an entry that
+  reads the group log when the stream sends it, so while it waits (gRPC
+  writes cost tens of microseconds each, and one stream serves many
+  watchers) later revisions join it: a watcher that is behind gets several
+  revisions in one response (in order, cut at a revision boundary at
+  ``chunk_bytes``, header = its last revision), as etcd sends catching-up
+  watchers. Writes per event fall as load rises; a reader that keeps up
+  still gets one response per revision. Per revision the hub touches only
+  the group's streams and its idle watchers, not every watcher.
 * **unsynced** watchers need history: a new watch with a past
   ``start_revision``, a slow watcher whose stream queue was full, every
   watcher after a gap in notifications (a snapshot restore). One catch-up
@@ -20,10 +30,13 @@ Shape (as etcd's ``watchableStore``):
   read history up to the store's current revision, so the boundary has no
   gap and no duplicate. A watcher whose next revision was compacted is
   cancelled with ``compact_revision``.
-* Each stream has a bounded send queue (responses and bytes). A live
-  response that does not fit moves the watcher to unsynced: memory stays
+* Each stream has a bounded send queue (responses and bytes, a waiting
+  entry's events included). A live response that does not fit, or a waiting
+  entry that would grow past the bound, moves the watcher to unsynced (it
+  replays from history from its first unsent revision): memory stays
   bounded, nothing is dropped silently, and one slow stream never delays
-  another (``notify`` never waits).
+  another (``notify`` never waits). Progress and cancel responses seal the
+  entries queued before them, so no later event overtakes them.
 
 Responses are serialized ``etcdserverpb.WatchResponse`` messages, queued as
 a bytes object or a tuple of byte strings to be joined at send time (the
@@ -164,7 +177,7 @@ SYNCED, UNSYNCED, CANCELED = "synced", "unsynced", "canceled"
 class Watcher:
     __slots__ = (
         "id", "id_field", "stream", "key", "end", "noput", "nodelete", "prev_kv", "progress_notify",
-        "fragment", "next_rev", "state", "group", "progress_due",
+        "fragment", "next_rev", "state", "group", "progress_due", "entry",
     )
 
     def __init__(self, stream: "WatchStream", wid: int, req: rpc_pb2.WatchCreateRequest,
@@ -183,6 +196,7 @@ class Watcher:
         self.state = ""
         self.group: _Group | None = None
         self.progress_due = True  # etcd: progress[id]; cleared when events are sent
+        self.entry: _Entry | None = None  # its open (still growing) queued events response
 
     @property
     def group_key(self) -> tuple:
@@ -195,20 +209,93 @@ class Watcher:
         return f"Watcher(id={self.id}, key={self.key!r}, end={self.end!r}, next={self.next_rev}, {self.state})"
 
 
-class _Group:
-    """Synced watchers sharing range, filters and prev_kv."""
+class _Seg:
+    """A run of a group's event log: one (revision, header field, event
+    parts, size) per revision. Segments are chained; a queued response holds
+    its first segment, so the log is freed as responses are sent."""
 
-    __slots__ = ("key", "end", "noput", "nodelete", "prev_kv", "watchers")
+    __slots__ = ("items", "bytes", "next")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, bytes, tuple[bytes, ...], int]] = []
+        self.bytes = 0
+        self.next: _Seg | None = None
+
+
+SEG_ITEMS = 64  # revisions per log segment
+SEG_BYTES = 256 << 10  # ... or bytes: what a lagging response can pin beyond its own events
+
+
+class _Group:
+    """Synced watchers sharing range, filters and prev_kv, and the log of the
+    encoded events they were sent (or will be: queued responses read it)."""
+
+    __slots__ = ("key", "end", "noput", "nodelete", "prev_kv", "watchers", "members", "seg", "total", "open")
 
     def __init__(self, w: Watcher) -> None:
         self.key, self.end = w.key, w.end
         self.noput, self.nodelete, self.prev_kv = w.noput, w.nodelete, w.prev_kv
         self.watchers: dict[Watcher, None] = {}
+        self.members: dict[WatchStream, _Member] = {}  # its watchers per stream
+        self.seg = _Seg()
+        self.total = 0  # bytes ever appended to the log
+        self.open = 0  # open entries reading the log
 
     def contains(self, key: bytes) -> bool:
         if self.end is None:
             return key == self.key
         return self.key <= key and (not self.end or key < self.end)
+
+    def append(self, rev: int, header: bytes, parts: tuple[bytes, ...], size: int) -> None:
+        seg = self.seg
+        if not self.open:
+            if seg.items:  # nobody reads on: drop the log (sealed entries keep their part)
+                seg = self.seg = _Seg()
+        elif len(seg.items) >= SEG_ITEMS or seg.bytes >= SEG_BYTES:
+            seg.next = seg = self.seg = _Seg()
+        seg.items.append((rev, header, parts, size))
+        seg.bytes += size
+        self.total += size
+
+
+class _Member:
+    """One stream's synced watchers of one group: ``idle`` ones have no
+    open entry (the next event queues one), ``open`` ones have."""
+
+    __slots__ = ("stream", "idle", "open")
+
+    def __init__(self, stream: "WatchStream") -> None:
+        self.stream = stream
+        self.idle: dict[Watcher, None] = {}
+        self.open: dict[Watcher, _Entry] = {}
+
+
+class _Entry:
+    """A queued events response of a synced watcher, read from its group's
+    log when the stream sends it. While it waits (the stream is behind), the
+    events of later revisions join it: one response then carries several
+    revisions, so the writes per event fall as load rises (etcd also sends a
+    catching-up watcher several revisions in one response). An entry is
+    *open* (it takes every revision logged before it is sent) until sealed at
+    a log position (the watcher left the synced set, or a progress response
+    is queued after it) or killed (evicted: the watcher replays from
+    ``start_rev``)."""
+
+    __slots__ = ("w", "g", "seg", "idx", "start_rev", "start_total", "end_seg", "end_idx", "size", "dead")
+
+    def __init__(self, w: Watcher, g: _Group, seg: _Seg, idx: int, start_rev: int, start_total: int) -> None:
+        self.w, self.g, self.seg, self.idx = w, g, seg, idx
+        self.start_rev = start_rev
+        self.start_total = start_total  # g.total before its first revision
+        self.end_seg: _Seg | None = None  # sealed: the log position it stops at
+        self.end_idx = 0
+        self.size = 0  # sealed: its events' bytes
+        self.dead = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of its events (what the stream's queue accounts for it)."""
+        return self.size if self.end_seg is not None else self.g.total - self.start_total
 
 
 def _store_range_end(end: bytes | None) -> bytes:
@@ -230,7 +317,7 @@ class WatchStream:
         self.hub = hub
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
-        self._queue: deque[tuple[Item, int]] = deque()
+        self._queue: deque[tuple[Item, int] | _Entry] = deque()
         self._bytes = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -305,6 +392,7 @@ class WatchStream:
     def maybe_send_progress(self) -> None:
         if self.progress_requested and self.unsynced == 0 and not self.closed:
             self.progress_requested = False
+            self.seal_entries()  # no event above the progress revision before it
             self._push_control(response_prefix(self.hub.header_field(self.hub.rev), INVALID_WATCH_ID))
 
     # -- per-watch progress_notify -------------------------------------------------
@@ -329,7 +417,7 @@ class WatchStream:
             if not w.progress_notify:
                 continue
             any_progress = True
-            if w.progress_due and w.state == SYNCED:
+            if w.progress_due and w.state == SYNCED and w.entry is None:
                 hdr = self.hub.header_field(self.hub.rev)
                 data = response_prefix(hdr, w.id)
                 if self.has_room(len(data)):
@@ -366,17 +454,28 @@ class WatchStream:
         requests, and requests stop being read while the queue is full)."""
         self._push(data, len(data))
 
+    def seal_entries(self) -> None:
+        """Stop this stream's open entries at the log's current end, so
+        what is queued after them is not overtaken by later events."""
+        for w in self.watchers.values():
+            if w.entry is not None:
+                self.hub.seal(w.entry)
+
     def push_events(self, w: Watcher, header: bytes, parts: Sequence[bytes], size: int) -> None:
         """Queue one events response for ``w`` (fragmented if it asked and the
         response reaches the limit, with etcd's splitting rule)."""
         w.progress_due = False
+        for item, n in self._responses(w, header, parts, size):
+            self._push(item, n)
+
+    def _responses(self, w: Watcher, header: bytes, parts: Sequence[bytes], size: int) -> list[tuple[Item, int]]:
         total = len(header) + len(w.id_field) + size
-        if not w.fragment or total < self.hub.max_response_bytes or len(parts) < 2:
-            self._push((header, w.id_field, *parts), total)
-            return
-        prefix = header + w.id_field
         limit = self.hub.max_response_bytes
+        if not w.fragment or total < limit or len(parts) < 2:
+            return [((header, w.id_field, *parts), total)]
+        prefix = header + w.id_field
         fprefix = prefix + _int_field(7, True)
+        out: list[tuple[Item, int]] = []
         i = 0
         while i < len(parts):
             cur_size = len(fprefix)
@@ -388,8 +487,74 @@ class WatchStream:
                 j += 1
             last = j == len(parts)
             p = prefix if last else fprefix
-            self._push((p, *parts[i:j]))
+            item = (p, *parts[i:j])
+            out.append((item, sum(map(len, item))))
             i = j
+        return out
+
+    def push_entry(self, e: _Entry, size: int) -> None:
+        """Queue an open entry whose first revision has ``size`` bytes."""
+        self._queue.append(e)
+        self._bytes += size
+        self._ready.set()
+        if len(self._queue) >= self.hub.queue_max_items or self._bytes > self.hub.queue_max_bytes:
+            self._room.clear()
+
+    def _materialize(self, e: _Entry) -> Item:
+        """The response of a popped entry: its events from the log, as many
+        revisions as fit one response (the rest is queued again)."""
+        hub = self.hub
+        g, w = e.g, e.w
+        is_open = e.end_seg is None
+        if is_open:
+            end_seg, end_idx = g.seg, len(g.seg.items)
+        else:
+            end_seg, end_idx = e.end_seg, e.end_idx
+        self._bytes -= e.pending
+        room = min(hub.chunk_bytes, hub.max_response_bytes - len(w.id_field) - 64)
+        parts: list[bytes] = []
+        size = 0
+        header = b""
+        seg, i = e.seg, e.idx
+        cut = False
+        while True:
+            items = seg.items
+            stop = end_idx if seg is end_seg else len(items)
+            while i < stop:
+                rev, hdr, ps, n = items[i]
+                if header and size + n > room:
+                    cut = True
+                    break
+                parts.extend(ps)
+                size += n
+                header = hdr
+                i += 1
+            if cut or seg is end_seg:
+                break
+            seg, i = seg.next, 0
+        if cut:
+            rest = _Entry(w, g, seg, i, items[i][0], e.start_total + size)
+            rest.end_seg, rest.end_idx = e.end_seg, e.end_idx
+            if is_open:
+                w.entry = rest
+                g.members[self].open[w] = rest
+                self._queue.append(rest)  # it takes its turn again
+            else:
+                rest.size = e.size - size
+                self._queue.appendleft(rest)  # before what was queued after it
+            self._bytes += rest.pending
+        elif is_open:
+            w.entry = None
+            g.open -= 1
+            m = g.members[self]
+            del m.open[w]
+            m.idle[w] = None
+        w.progress_due = False
+        first, *more = self._responses(w, header, parts, size)
+        for item, n in reversed(more):  # fragments: next, in order
+            self._queue.appendleft((item, n))
+            self._bytes += n
+        return first[0]
 
     @property
     def queued(self) -> int:
@@ -400,11 +565,18 @@ class WatchStream:
         return self._bytes
 
     def get_nowait(self) -> Item | None:
-        if not self._queue:
-            return None
-        item, size = self._queue.popleft()
-        self._bytes -= size
-        if not self._queue:
+        q = self._queue
+        item = None
+        while q:
+            x = q.popleft()
+            if type(x) is tuple:
+                item, size = x
+                self._bytes -= size
+                break
+            if not x.dead:
+                item = self._materialize(x)
+                break
+        if not q:
             self._ready.clear()
         if self.has_room(0):
             self._room.set()
@@ -521,15 +693,26 @@ class WatchHub:
         if g is None:
             g = groups[gk] = _Group(w)
         g.watchers[w] = None
+        m = g.members.get(w.stream)
+        if m is None:
+            m = g.members[w.stream] = _Member(w.stream)
+        m.idle[w] = None
         w.group = g
         w.state = SYNCED
 
     def _remove_synced(self, w: Watcher) -> None:
+        """Out of the synced set; its open entry (if any) keeps what it has."""
         g = w.group
         w.group = None
         if g is None:
             return
+        if w.entry is not None:
+            self.seal(w.entry)
         del g.watchers[w]
+        m = g.members[w.stream]
+        m.idle.pop(w, None)
+        if not m.idle and not m.open:
+            del g.members[w.stream]
         if not g.watchers:
             gk = w.group_key
             if w.end is None:
@@ -539,6 +722,33 @@ class WatchHub:
                     del self._key_groups[w.key]
             else:
                 del self._range_groups[gk]
+
+    def seal(self, e: _Entry) -> None:
+        """An open entry stops growing: it ends at the log's current end."""
+        g, w = e.g, e.w
+        e.size = g.total - e.start_total
+        e.end_seg, e.end_idx = g.seg, len(g.seg.items)
+        w.entry = None
+        g.open -= 1
+        m = g.members[w.stream]
+        del m.open[w]
+        m.idle[w] = None
+
+    def _evict(self, m: _Member, s: WatchStream, size: int) -> None:
+        """Growing ``m``'s open entries by ``size`` each would break the
+        stream's byte bound: its oldest ones are dropped and their watchers
+        replay from where the entry started, from history, once the stream
+        has drained (as a live response that does not fit)."""
+        for w, e in list(m.open.items()):
+            if s._bytes + size * len(m.open) <= self.queue_max_bytes:
+                return
+            s._bytes -= e.pending
+            e.dead = True
+            e.g.open -= 1
+            del m.open[w]
+            w.entry = None
+            w.next_rev = e.start_rev
+            self.add_unsynced(w)
 
     def add_unsynced(self, w: Watcher) -> None:
         if w.state == SYNCED:
@@ -652,17 +862,42 @@ class WatchHub:
                 continue
             if header is None:
                 header = self.header_field(rev)
-            size = sum(map(len, parts))
-            need = len(header) + size + 11
-            max_items, max_bytes = self.queue_max_items, self.queue_max_bytes
-            for w in list(g.watchers):
+            self._log(g, rev, header, tuple(parts), sum(map(len, parts)))
+
+    def _log(self, g: _Group, rev: int, header: bytes, parts: tuple[bytes, ...], size: int) -> None:
+        """One revision's events for a group: they join every open entry of
+        its watchers (one bytes-accounting step per stream, not per watcher);
+        idle watchers get a new entry, or replay from history later if their
+        stream's queue is full."""
+        max_bytes = self.queue_max_bytes
+        members = list(g.members.values())
+        for m in members:
+            if m.open:
+                s = m.stream
+                if s._bytes + size * len(m.open) > max_bytes:
+                    self._evict(m, s, size)
+                s._bytes += size * len(m.open)
+        g.append(rev, header, parts, size)
+        seg = g.seg
+        idx = len(seg.items) - 1
+        start_total = g.total - size
+        need = len(header) + size + 11
+        max_items = self.queue_max_items
+        for m in members:
+            if not m.idle:
+                continue
+            s = m.stream
+            q = s._queue
+            for w in list(m.idle):
                 if w.next_rev > rev:
                     continue  # a watch from a future revision
-                s = w.stream
-                q = s._queue
                 if not q or (len(q) < max_items and s._bytes + need <= max_bytes):
-                    s.push_events(w, header, parts, size)
-                    w.next_rev = rev + 1
+                    e = w.entry = _Entry(w, g, seg, idx, rev, start_total)
+                    del m.idle[w]
+                    m.open[w] = e
+                    g.open += 1
+                    w.progress_due = False
+                    s.push_entry(e, size)
                 else:
                     # Slow stream: catch up from history once it drains.
                     w.next_rev = max(w.next_rev, rev)

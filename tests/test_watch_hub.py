@@ -349,11 +349,15 @@ def test_key_prefix_fromkey_and_all_keys():
     s.create(C(key=b"k2", range_end=b"\0"))  # 2: >= k2
     s.create(C(key=b"", range_end=b"\0"))  # 3: everything
     s.create(C())  # 4: the key "\0"
-    put(store, hub, (b"k1", b"a"))
-    put(store, hub, (b"k2", b"b"), (b"z", b"c"))
-    put(store, hub, (b"\0", b"d"))
-    delete(store, hub, b"k1")
     rs = s.drain()
+    put(store, hub, (b"k1", b"a"))
+    rs += s.drain()  # a reader that keeps up: one response per revision
+    put(store, hub, (b"k2", b"b"), (b"z", b"c"))
+    rs += s.drain()
+    put(store, hub, (b"\0", b"d"))
+    rs += s.drain()
+    delete(store, hub, b"k1")
+    rs += s.drain()
     assert evs_of(rs, 0) == [("PUT", b"k1", 2), ("DELETE", b"k1", 5)]
     assert evs_of(rs, 1) == [("PUT", b"k1", 2), ("PUT", b"k2", 3), ("DELETE", b"k1", 5)]
     assert evs_of(rs, 2) == [("PUT", b"k2", 3), ("PUT", b"z", 3)]
@@ -366,15 +370,18 @@ def test_key_prefix_fromkey_and_all_keys():
     check_stream(rs)
 
 
-def test_batch_of_several_revisions_is_split_per_revision():
+def test_batch_of_several_revisions_is_dispatched_per_revision():
     store, hub = mkhub()
     s = hub.open_stream()
     s.create(C(key=b"a", range_end=b"\0"))
+    s.create(C(key=b"c"))
     r1, e1 = store.put((b"a", b"1"))
     r2, e2 = store.put((b"b", b"2"), (b"c", b"3"))
     hub.notify(r2, e1 + e2)  # one apply batch, two revisions
-    rs = s.drain()[1:]
-    assert [(r.header.revision, [e.kv.mod_revision for e in r.events]) for r in rs] == [(2, [2]), (3, [3, 3])]
+    rs = s.drain()[2:]
+    # not yet sent: one response each, with every revision so far
+    assert [(r.watch_id, r.header.revision, [e.kv.mod_revision for e in r.events]) for r in rs] == [
+        (0, 3, [2, 3, 3]), (1, 3, [3])]
 
 
 def test_filters():
@@ -533,7 +540,7 @@ def test_prev_kv_on_replay():
 
 # ------------------------------------------------------------- slow streams
 def test_slow_stream_is_bounded_then_catches_up_from_history():
-    store, hub = mkhub(queue_max_items=8, chunk_events=4)
+    store, hub = mkhub(queue_max_items=8, queue_max_bytes=600, chunk_events=4)
     slow, fast = hub.open_stream(), hub.open_stream()
     slow.create(C(key=b"k", range_end=b"l"))
     fast.create(C(key=b"k", range_end=b"l"))
@@ -541,7 +548,7 @@ def test_slow_stream_is_bounded_then_catches_up_from_history():
     for i in range(100):
         put(store, hub, (b"k%d" % (i % 7), b"v%d" % i))
         fast_rs += fast.drain()
-        assert slow.queued <= 8  # bounded
+        assert slow.queued <= 8 and slow.queued_bytes <= 600  # bounded
         settle(hub)
     assert hub.unsynced  # the slow watcher left the synced set
     same_events(check_stream(fast_rs)[0], store.expected(2, b"k", b"l"))
@@ -556,7 +563,7 @@ def test_slow_stream_is_bounded_then_catches_up_from_history():
 
 
 def test_slow_stream_compacted_meanwhile_is_canceled():
-    store, hub = mkhub(queue_max_items=4)
+    store, hub = mkhub(queue_max_items=4, queue_max_bytes=100)
     s = hub.open_stream()
     s.create(C(key=b"a"))
     for i in range(10):
@@ -731,7 +738,7 @@ ops = st.lists(
                                            unique=True)),
         st.tuples(st.just("del"), st.sampled_from([b"a", b"b", b"c", b"d"])),
         st.tuples(st.just("watch"), st.integers(0, 40), st.sampled_from([(b"a", b""), (b"a", b"c"), (b"b", b"\0")]),
-                  st.booleans(), st.sampled_from([[], [0], [1]])),
+                  st.booleans(), st.sampled_from([[], [0], [1]]), st.booleans()),
         st.tuples(st.just("drain"), st.integers(0, 1), st.integers(1, 20)),
         st.tuples(st.just("sync"),),
         st.tuples(st.just("progress"), st.integers(0, 1)),
@@ -745,21 +752,27 @@ ops = st.lists(
 @pytest.mark.parametrize("backend", ["fake", "mvcc"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(script=ops, qmax=st.integers(2, 6), chunk=st.integers(1, 4))
-def test_random_histories_satisfy_the_watch_guarantees(tmp_path_factory, backend, script, qmax, chunk):
+@given(script=ops, qmax=st.integers(2, 6), chunk=st.integers(1, 4), qbytes=st.sampled_from([16 << 20, 400, 120]),
+       cbytes=st.sampled_from([1 << 20, 100, 40]))
+def test_random_histories_satisfy_the_watch_guarantees(tmp_path_factory, backend, script, qmax, chunk, qbytes,
+                                                       cbytes):
+    """qbytes bounds a stream's queued bytes (slow watchers are evicted to
+    history replay), cbytes the bytes of a response (coalesced revisions are
+    cut at revision boundaries, and fragments split a large revision)."""
     if backend == "mvcc":
         store = MvccBacked(str(tmp_path_factory.mktemp("mvcc")))
     else:
         store = FakeStore()
     try:
-        run_script(store, script, qmax, chunk)
+        run_script(store, script, qmax, chunk, qbytes, cbytes)
     finally:
         if backend == "mvcc":
             store.close()
 
 
-def run_script(store, script, qmax, chunk):
-    store, hub = mkhub(store, queue_max_items=qmax, chunk_events=chunk)
+def run_script(store, script, qmax, chunk, qbytes=16 << 20, cbytes=1 << 20):
+    store, hub = mkhub(store, queue_max_items=qmax, chunk_events=chunk, queue_max_bytes=qbytes, chunk_bytes=cbytes,
+                       max_response_bytes=cbytes + 100)
     streams = [hub.open_stream(), hub.open_stream()]
     received = [[], []]
     specs = [{}, {}]  # wid -> create request
@@ -773,10 +786,10 @@ def run_script(store, script, qmax, chunk):
             if op[1] in store.kvs:
                 delete(store, hub, op[1])
         elif kind == "watch":
-            _, back, (key, end), pk, filters = op
+            _, back, (key, end), pk, filters, frag = op
             si = back % 2
             start = max(0, store.rev - back + 2) if back else 0
-            req = C(key=key, range_end=end, start_revision=start, prev_kv=pk, filters=filters)
+            req = C(key=key, range_end=end, start_revision=start, prev_kv=pk, filters=filters, fragment=frag)
             wid = streams[si].create(req)
             specs[si][wid] = (req, start or store.rev + 1)
         elif kind == "drain":

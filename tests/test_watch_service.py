@@ -340,6 +340,7 @@ def test_slow_reader_is_bounded_then_catches_up():
         async with kvstore_server() as (server, endpoint), grpc.aio.insecure_channel(endpoint) as ch:
             hub = server.watch_hub
             hub.queue_max_items = 16
+            hub.queue_max_bytes = 1 << 20  # a waiting response takes in later revisions: bound its bytes
             kv = rpc_pb2_grpc.KVStub(ch)
             stub = rpc_pb2_grpc.WatchStub(ch)
             call = stub.Watch()  # nobody reads it for now
@@ -348,11 +349,12 @@ def test_slow_reader_is_bounded_then_catches_up():
             await fast.create(key=b"s/", range_end=b"s0")
             await fast.until(lambda rs: n_created(rs) == 1)
             big = b"x" * 50_000
-            max_queued, went_unsynced = 0, False
+            max_queued, max_bytes, went_unsynced = 0, 0, False
             for i in range(200):
                 await kv.Put(rpc_pb2.PutRequest(key=b"s/%d" % (i % 5), value=big + b"%d" % i))
                 for s in hub.streams:
                     max_queued = max(max_queued, s.queued)
+                    max_bytes = max(max_bytes, s.queued_bytes)
                 went_unsynced |= bool(hub.unsynced)
             final = server.store.current_revision
             await fast.until(lambda rs: sum(len(r.events) for r in rs) == 200)
@@ -361,11 +363,11 @@ def test_slow_reader_is_bounded_then_catches_up():
                 got.append(await asyncio.wait_for(call.read(), WAIT))
             call.cancel()
             fast.close()
-            return max_queued, went_unsynced, got, fast.responses, final
+            return max_queued, max_bytes, went_unsynced, got, fast.responses, final
 
-    max_queued, went_unsynced, slow, fast, final = asyncio.run(main())
+    max_queued, max_bytes, went_unsynced, slow, fast, final = asyncio.run(main())
     assert went_unsynced  # the slow watcher left the synced set...
-    assert max_queued <= 16 + 2  # ...instead of queueing without bound
+    assert max_queued <= 16 + 2 and max_bytes <= (1 << 20) + 60_000  # ...instead of queueing without bound
     for rs in (slow, fast):
         evs = check_stream(rs)[0]
         assert [e.kv.mod_revision for e in evs] == list(range(final - 199, final + 1))
