@@ -21,7 +21,11 @@ Shape (as etcd's ``watchableStore``):
   ``chunk_bytes``, header = its last revision), as etcd sends catching-up
   watchers. Writes per event fall as load rises; a reader that keeps up
   still gets one response per revision. Per revision the hub touches only
-  the group's streams and its idle watchers, not every watcher.
+  the group's streams and its idle watchers, not every watcher. A watcher
+  whose response took in ``BEHIND_REVS`` or more revisions is *behind*
+  (sustained load): its next responses are held until ``coalesce_delay``
+  (50 ms) old, so they carry more revisions and the CPU of the writes saved
+  goes to the work that produces the revisions.
 * **unsynced** watchers need history: a new watch with a past
   ``start_revision``, a slow watcher whose stream queue was full, every
   watcher after a gap in notifications (a snapshot restore). One catch-up
@@ -65,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from typing import Callable, Protocol, Sequence, Union
 
@@ -82,6 +87,12 @@ NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 INVALID_WATCH_ID = -1  # clientv3.InvalidWatchID: progress and refused creates
 DEFAULT_PROGRESS_INTERVAL = 600.0  # etcd: 10 min (+ up to 10 % jitter)
 MIN_PROGRESS_INTERVAL = 0.1  # etcd's minWatchProgressInterval
+DEFAULT_COALESCE_DELAY = 0.05  # the longest a behind watcher's response is held (etcd resyncs every 100 ms)
+# A response that had to take in this many revisions marks its watcher as
+# behind: revisions come faster than its stream writes, and its next
+# responses are held up to ``coalesce_delay``. Fewer (a short burst, a
+# reader that just keeps up) changes nothing: latency stays a write away.
+BEHIND_REVS = 3
 GRPC_OVERHEAD = 512 * 1024  # etcd's fragment limit is max-request-bytes + this
 
 # etcd's mvcc error strings, sent as cancel_reason of refused creates.
@@ -177,7 +188,7 @@ SYNCED, UNSYNCED, CANCELED = "synced", "unsynced", "canceled"
 class Watcher:
     __slots__ = (
         "id", "id_field", "stream", "key", "end", "noput", "nodelete", "prev_kv", "progress_notify",
-        "fragment", "next_rev", "state", "group", "progress_due", "entry",
+        "fragment", "next_rev", "state", "group", "progress_due", "entry", "behind",
     )
 
     def __init__(self, stream: "WatchStream", wid: int, req: rpc_pb2.WatchCreateRequest,
@@ -197,6 +208,7 @@ class Watcher:
         self.group: _Group | None = None
         self.progress_due = True  # etcd: progress[id]; cleared when events are sent
         self.entry: _Entry | None = None  # its open (still growing) queued events response
+        self.behind = False  # its last response had BEHIND_REVS or more revisions
 
     @property
     def group_key(self) -> tuple:
@@ -281,7 +293,9 @@ class _Entry:
     is queued after it) or killed (evicted: the watcher replays from
     ``start_rev``)."""
 
-    __slots__ = ("w", "g", "seg", "idx", "start_rev", "start_total", "end_seg", "end_idx", "size", "dead")
+    __slots__ = (
+        "w", "g", "seg", "idx", "start_rev", "start_total", "end_seg", "end_idx", "size", "dead", "born",
+    )
 
     def __init__(self, w: Watcher, g: _Group, seg: _Seg, idx: int, start_rev: int, start_total: int) -> None:
         self.w, self.g, self.seg, self.idx = w, g, seg, idx
@@ -291,6 +305,7 @@ class _Entry:
         self.end_idx = 0
         self.size = 0  # sealed: its events' bytes
         self.dead = False
+        self.born = time.monotonic()
 
     @property
     def pending(self) -> int:
@@ -325,6 +340,7 @@ class WatchStream:
         self.unsynced = 0  # watchers of this stream in the hub's unsynced set
         self.progress_requested = False
         self.closed = False
+        self._hold_left = 0.0  # get(): how long the head entry is still held
         self._progress_timer: asyncio.TimerHandle | None = None
 
     # -- requests --------------------------------------------------------------
@@ -517,6 +533,7 @@ class WatchStream:
         header = b""
         seg, i = e.seg, e.idx
         cut = False
+        nrevs = 0
         while True:
             items = seg.items
             stop = end_idx if seg is end_seg else len(items)
@@ -529,6 +546,7 @@ class WatchStream:
                 size += n
                 header = hdr
                 i += 1
+                nrevs += 1
             if cut or seg is end_seg:
                 break
             seg, i = seg.next, 0
@@ -550,6 +568,7 @@ class WatchStream:
             del m.open[w]
             m.idle[w] = None
         w.progress_due = False
+        w.behind = nrevs >= BEHIND_REVS
         first, *more = self._responses(w, header, parts, size)
         for item, n in reversed(more):  # fragments: next, in order
             self._queue.appendleft((item, n))
@@ -565,17 +584,27 @@ class WatchStream:
         return self._bytes
 
     def get_nowait(self) -> Item | None:
+        """The next response (nothing is held back: tests and tools)."""
+        return self._pop(False)
+
+    def _pop(self, hold: bool) -> Item | None:
         q = self._queue
         item = None
         while q:
-            x = q.popleft()
+            x = q[0]
             if type(x) is tuple:
+                q.popleft()
                 item, size = x
                 self._bytes -= size
                 break
-            if not x.dead:
-                item = self._materialize(x)
-                break
+            if x.dead:
+                q.popleft()
+                continue
+            if hold and self._hold(x):
+                return None
+            q.popleft()
+            item = self._materialize(x)
+            break
         if not q:
             self._ready.clear()
         if self.has_room(0):
@@ -584,15 +613,39 @@ class WatchStream:
             self.hub.wake_sync()
         return item
 
+    def _hold(self, e: _Entry) -> bool:
+        """Under load, hold a behind watcher's open entry until it is
+        ``coalesce_delay`` old, so that it takes in more revisions: the
+        writes per event fall further and the CPU they free goes to the
+        writes of the revisions themselves. A watcher that keeps up is never
+        held (one write per event at low load)."""
+        delay = self.hub.coalesce_delay
+        if not e.w.behind or e.end_seg is not None or delay <= 0:
+            return False
+        left = e.born + delay - time.monotonic()
+        if left <= 0:
+            return False
+        self._hold_left = left
+        return True
+
     async def get(self) -> Item | None:
         """The next response to send; None once the stream is closed."""
         while True:
             if self.closed:
                 return None
-            item = self.get_nowait()
+            self._hold_left = 0.0
+            item = self._pop(True)
             if item is not None:
                 return item
-            await self._ready.wait()
+            if not self._hold_left:
+                await self._ready.wait()
+                continue
+            self._ready.clear()  # a push wakes us early (the head may change: a seal, a control)
+            timer = asyncio.get_running_loop().call_later(self._hold_left, self._ready.set)
+            try:
+                await self._ready.wait()
+            finally:
+                timer.cancel()
 
     async def wait_room(self) -> None:
         """For the request reader: wait while the send queue is full."""
@@ -637,6 +690,7 @@ class WatchHub:
         chunk_bytes: int = 1 << 20,
         chunk_revs: int = 10_000,
         sync_round_events: int = 10_000,
+        coalesce_delay: float = DEFAULT_COALESCE_DELAY,
         prev_kv: Callable[[kv_pb2.Event], kv_pb2.KeyValue | None] | None = None,
     ) -> None:
         self.history = history
@@ -649,6 +703,7 @@ class WatchHub:
         self.chunk_bytes = chunk_bytes
         self.chunk_revs = max(1, chunk_revs)
         self.sync_round_events = sync_round_events
+        self.coalesce_delay = coalesce_delay
         self._prev_kv_lookup = prev_kv
         self.rev = history.current_revision  # every event <= rev has been dispatched
         self.streams: set[WatchStream] = set()

@@ -221,3 +221,60 @@ def test_slow_async_reader_gets_everything_once():
     n_slow = sum(1 for r in got[2] if r.events)
     assert n_slow < 5 * 300  # the slow reader got revisions coalesced
     assert evs_of(got[0], 0)[-1][2] == store.rev
+
+
+def test_behind_watcher_is_held_to_take_in_more_revisions():
+    async def main():
+        store, hub = mkhub(coalesce_delay=60.0)
+        s = hub.open_stream()
+        s.create(C(key=b"k"))
+        s.create(C(key=b"j"))
+        got = [rpc_pb2.WatchResponse.FromString(item_bytes(await s.get())) for _ in range(2)]
+        put(store, hub, (b"k", b"1"))
+        got.append(rpc_pb2.WatchResponse.FromString(item_bytes(await asyncio.wait_for(s.get(), 5))))
+        assert not s.watchers[0].behind  # one revision: it keeps up, never held
+        for i in range(3):
+            put(store, hub, (b"k", b"%d" % i))
+        got.append(rpc_pb2.WatchResponse.FromString(item_bytes(await asyncio.wait_for(s.get(), 5))))
+        assert s.watchers[0].behind  # three revisions in one response
+        put(store, hub, (b"k", b"x"))
+        task = asyncio.ensure_future(s.get())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not task.done()  # held: it waits for more revisions
+        put(store, hub, (b"k", b"y"))
+        put(store, hub, (b"j", b"z"))  # queued behind the held one
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not task.done()
+        s.request_progress()  # seals the held response: it goes now, with both revisions
+        got.append(rpc_pb2.WatchResponse.FromString(item_bytes(await asyncio.wait_for(task, 5))))
+        while (item := s.get_nowait()) is not None:
+            got.append(rpc_pb2.WatchResponse.FromString(item_bytes(item)))
+        hub.close()
+        return store, got
+
+    store, got = asyncio.run(main())
+    assert [(r.watch_id, revs(r)) for r in got[2:]] == [(0, [2]), (0, [3, 4, 5]), (0, [6, 7]), (1, [8]), (-1, [])]
+    got_ = check_stream(got)
+    same_events(got_[0], store.expected(2, b"k", b""))
+
+
+def test_held_watcher_that_gets_one_revision_is_no_longer_behind():
+    async def main():
+        store, hub = mkhub(coalesce_delay=0.01)
+        s = hub.open_stream()
+        s.create(C(key=b"k"))
+        await s.get()
+        for i in range(3):
+            put(store, hub, (b"k", b"%d" % i))
+        first = await asyncio.wait_for(s.get(), 5)
+        assert s.watchers[0].behind
+        put(store, hub, (b"k", b"x"))
+        second = await asyncio.wait_for(s.get(), 5)  # after the delay, alone
+        behind = s.watchers[0].behind
+        hub.close()
+        return [rpc_pb2.WatchResponse.FromString(item_bytes(i)) for i in (first, second)], behind
+
+    (first, second), behind = asyncio.run(main())
+    assert (revs(first), revs(second), behind) == ([2, 3, 4], [5], False)
