@@ -553,6 +553,7 @@ class WatchStream:
         if cut:
             rest = _Entry(w, g, seg, i, items[i][0], e.start_total + size)
             rest.end_seg, rest.end_idx = e.end_seg, e.end_idx
+            rest.born = e.born  # a backlog's next chunk is not held again
             if is_open:
                 w.entry = rest
                 g.members[self].open[w] = rest
