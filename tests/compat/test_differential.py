@@ -456,14 +456,29 @@ def run_both(targets: tuple[Target, Target], ops: list[dict]) -> None:
 
 
 def _watch_from_compacted(op: dict, res_e: tuple[str, Any], res_k: tuple[str, Any]) -> bool:
-    """kvstore cancels a watch from exactly the compacted revision (etcd replays it)."""
+    """The documented deliberate watch differences: kvstore cancels a watch
+    from exactly the compacted revision (etcd replays it), and a cancellation
+    for compaction carries a reason and the current header revision (etcd:
+    empty, 0)."""
     if op["op"] != "watch" or res_k[0] != "ok" or res_e[0] != "ok":
         return False
     canceled = [r for r in res_k[1] if r.canceled]
-    return (
-        len(canceled) == 1 and canceled[0].compact_revision == op["start"][1]
-        and not any(r.canceled for r in res_e[1])
-    )
+    if len(canceled) == 1 and canceled[0].compact_revision == op["start"][1] and not any(
+        r.canceled for r in res_e[1]
+    ):
+        return True
+
+    def normalised(responses: list[Any]) -> list[Any]:
+        out = []
+        for r in responses:
+            if not isinstance(r, tuple) and r.canceled and r.compact_revision:
+                r = type(r).FromString(r.SerializeToString())
+                r.cancel_reason = ""
+                r.header.revision = 0
+            out.append(r)
+        return out
+
+    return normalised(res_k[1]) == normalised(res_e[1])
 
 
 def _show(res: tuple[str, Any]) -> str:
