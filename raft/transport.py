@@ -500,6 +500,9 @@ class PeerTransport:
                     self._on_removed()
             except _CONN_ERRORS as e:
                 reason = _describe(e)
+            except Exception as e:  # e.g. the TLS context could not be built: retry, never die
+                log.exception("connecting to peer %x failed", peer.id)
+                reason = _describe(e)
             if peer.failing:
                 log.debug("peer %x (%s) still unreachable: %s", peer.id, addr.url, reason)
             else:  # first failure since the last working connection
