@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from . import failpoints as _fp
 from .core import Config, Raft
@@ -99,7 +99,7 @@ class NotLeader(RaftError):
     pass
 
 
-def _fail(futs: list[asyncio.Future[int]], err: BaseException) -> None:
+def _fail(futs: Iterable[asyncio.Future[Any]], err: BaseException) -> None:
     for f in futs:
         if not f.done():
             f.set_exception(err)
@@ -172,9 +172,7 @@ class RaftNode:
         err = ProposalDropped("node stopped")
         self._fail_read_round(err)
         _fail(self._read_waiters, err)
-        for _, f in self._apply_waiters:
-            if not f.done():
-                f.set_exception(err)
+        _fail((f for _, f in self._apply_waiters), err)
 
     # ---------------------------------------------------------------- inputs
     @property

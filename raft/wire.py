@@ -15,7 +15,7 @@ from enum import IntEnum
 
 from .pb import raft_pb2 as pb
 
-__all__ = ["MAGIC", "VERSION", "Frame", "Kind", "Code", "ProtocolError", "frame", "read_frame", "hello", "reply", "parse_reply"]
+__all__ = ["MAGIC", "VERSION", "Frame", "Kind", "Code", "ProtocolError", "frame", "read_frame", "read_hello", "hello", "reply", "parse_reply", "describe"]
 
 MAGIC = b"KVRAFT\x00\n"  # the dialer's first bytes: anything else is refused at once
 VERSION = 1
