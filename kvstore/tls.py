@@ -23,13 +23,11 @@ What this module provides to ``__main__``
   validated at once, ``--auto-tls``/``--peer-auto-tls`` certificates are
   generated into ``<data-dir>/fixtures/{client,peer}`` first. A missing or
   bad file raises ``TLSError`` with a one-line message naming the flag.
-* ``CertSource.grpc_server_credentials()``: dynamic gRPC server credentials;
-  the files are checked (stat) on every new connection and re-read when they
-  changed, so certificates rotate without a restart. A half-written or
-  invalid replacement is logged once and the previous certificate stays.
-* ``CertSource.ssl_server_context()``: an ``ssl.SSLContext`` for aiohttp and
-  the peer listener that switches to the re-read files on the next handshake
-  the same way.
+* ``CertSource.ssl_server_context(alpn)``: an ``ssl.SSLContext`` for the
+  gRPC server (``h2``), aiohttp and the peer listener; the files are checked
+  (stat) on every new handshake and re-read when they changed, so
+  certificates rotate without a restart. A half-written or invalid
+  replacement is logged once and the previous certificate stays.
 * ``CertSource.grpc_channel_credentials``: a callable returning the current
   client credentials (re-read when the files change), for member-to-member
   gRPC calls; ``CertSource.ssl_client_context`` the same as an
@@ -211,8 +209,6 @@ class CertSource:
         self.material = _load_material(info)
         self.version = 0
         self._bad_sig: object = None
-        self._http_ctx: ssl.SSLContext | None = None
-        self._http_version = -1
         self._chan: tuple[int, grpc.ChannelCredentials] | None = None
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
 
@@ -252,30 +248,6 @@ class CertSource:
             return True
 
     # ------------------------------------------------------------------ gRPC
-    def _server_config(self, m: _Material) -> Any:
-        return grpc.ssl_server_certificate_configuration([(m.key_pem, m.cert_pem)], root_certificates=m.ca_pem)
-
-    def grpc_server_credentials(self) -> grpc.ServerCredentials:
-        seen = [self.version]
-
-        def fetch() -> Any:
-            # gRPC asks before every new handshake: None keeps the current config.
-            try:
-                self.refresh()
-                if self.version == seen[0]:
-                    return None
-                seen[0] = self.version
-                return self._server_config(self.material)
-            except Exception:  # never let an exception into gRPC's thread
-                log.exception("certificate reload failed")
-                return None
-
-        return grpc.dynamic_ssl_server_credentials(
-            self._server_config(self.material),
-            fetch,
-            require_client_authentication=self.info.client_cert_auth,
-        )
-
     def grpc_channel_credentials(self) -> grpc.ChannelCredentials:
         """Current client credentials (own certificate + trusted CA); pass the
         bound method itself to get a re-read on every new connection."""
@@ -311,7 +283,7 @@ class CertSource:
         return ctx
 
     # ------------------------------------------------------------------- HTTP
-    def _build_ssl_context(self) -> ssl.SSLContext:
+    def _build_ssl_context(self, alpn: Sequence[str]) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -322,25 +294,26 @@ class CertSource:
             ctx.load_verify_locations(cadata=self.material.ca_pem.decode("ascii", "replace"))
         if self.info.client_cert_auth:
             ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(list(alpn))
         return ctx
 
-    def ssl_server_context(self) -> ssl.SSLContext:
-        """For aiohttp: the returned context hands each handshake over to a
-        context built from the current files (rebuilt after a rotation)."""
-        base = self._build_ssl_context()
-        self._http_ctx, self._http_version = base, self.version
+    def ssl_server_context(self, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
+        """For aiohttp (``http/1.1``), the gRPC server (``h2``) and the peer
+        listener: the returned context hands each handshake over to a context
+        built from the current files (rebuilt after a rotation)."""
+        base = self._build_ssl_context(alpn)
+        current = [base, self.version]  # this context's own: each listener kind has one
 
         def on_hello(sslobj: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
             # OpenSSL calls this on every ClientHello, with or without SNI.
             try:
                 self.refresh()
-                if self._http_version != self.version:
+                if current[1] != self.version:
                     version = self.version
-                    self._http_ctx = self._build_ssl_context()
-                    self._http_version = version
-                if self._http_ctx is not base:
-                    sslobj.context = self._http_ctx
+                    current[0] = self._build_ssl_context(alpn)
+                    current[1] = version
+                if current[0] is not base:
+                    sslobj.context = current[0]
             except Exception as e:
                 log.warning("keeping the current HTTPS certificate: %s", e)
             return None

@@ -128,24 +128,31 @@ def _url_with_port(addr: PeerAddress, port: int) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
-def _tune(writer: asyncio.StreamWriter) -> None:
-    """No Nagle delay; notice a peer that vanished without a FIN."""
-    sock = writer.get_extra_info("socket")
+def tune_socket(
+    conn: Any,
+    idle: int = KEEPALIVE_IDLE,
+    interval: int = KEEPALIVE_INTERVAL,
+    count: int = KEEPALIVE_COUNT,
+    user_timeout_ms: int = USER_TIMEOUT_MS,
+) -> None:
+    """No Nagle delay; notice a peer that vanished without a FIN. ``conn`` is
+    anything with ``get_extra_info`` (a StreamWriter, a transport)."""
+    sock = conn.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for opt, value in (
-            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-            ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", interval),
+            ("TCP_KEEPCNT", count),
+            ("TCP_USER_TIMEOUT", user_timeout_ms),
         ):
             if hasattr(socket, opt):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
     except OSError as e:  # the connection may already be gone
-        log.debug("tuning a peer socket failed: %s", e)
+        log.debug("tuning a socket failed: %s", e)
 
 
 def _write_frame(writer: asyncio.StreamWriter, ftype: Frame, payload: bytes) -> None:
@@ -473,7 +480,7 @@ class PeerTransport:
                     addr.host, addr.port, ssl=ctx, server_hostname=addr.host if ctx else None, limit=READ_LIMIT
                 )
             try:
-                _tune(writer)
+                tune_socket(writer)
                 writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
                 writer.write(wire.hello(kind, self.cluster_id, self.node_id, peer_id))
                 await _expect_ok(reader)
@@ -663,7 +670,7 @@ class PeerTransport:
         """One incoming connection: hello, identity check, then its kind's loop."""
         peername = writer.get_extra_info("peername") or "a unix socket"
         try:
-            _tune(writer)
+            tune_socket(writer)
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT):
                     hello = await wire.read_hello(reader)

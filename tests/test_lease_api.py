@@ -127,16 +127,20 @@ async def serve(server: InProcServer):
     from kvstore.api.lock import LockService, Recipes
     from kvstore.pb import v3election_pb2_grpc, v3lock_pb2_grpc
 
-    gs = grpc.aio.server()
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), gs)
+    from kvstore.api import MethodTable
+    from kvstore.rpc.server import RpcServer
+
+    table = MethodTable()
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(server), table)
     lease = LeaseService(server)
     lease.router.timeout = 1.0
-    rpc_pb2_grpc.add_LeaseServicer_to_server(lease, gs)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(lease, table)
     recipes = Recipes(server)
-    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(server, recipes), gs)
-    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(server, recipes), gs)
-    port = gs.add_insecure_port("127.0.0.1:0")
-    await gs.start()
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(server, recipes), table)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(server, recipes), table)
+    gs = RpcServer()
+    gs.add_generic_rpc_handlers((table,))
+    port = await gs.listen("http://127.0.0.1:0")
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield ch, f"http://127.0.0.1:{port}"

@@ -280,13 +280,6 @@ def test_connection_window_is_credited_as_data_arrives():
     assert sent(conn) == [Frame(h2.WINDOW_UPDATE, 0, 0, u32(quarter))]
 
 
-# consumed() adds n back to recv_window and then credits STREAM_WINDOW - recv_window, i.e. the bytes
-# still *buffered*, not the bytes consumed: data consumed as fast as it arrives is never credited.
-CONSUMED_BUG = pytest.mark.xfail(strict=True, reason="BUG h2.H2Connection.consumed credits buffered, not consumed, "
-                                 "bytes: a stream whose data is consumed at once stalls after one window")
-
-
-@CONSUMED_BUG
 def test_consumed_sends_a_stream_window_update():
     conn, rec, enc = connect()
     open_stream(conn, rec, enc, 1)
@@ -297,7 +290,6 @@ def test_consumed_sends_a_stream_window_update():
     assert sent(conn) == [Frame(h2.WINDOW_UPDATE, 0, 1, u32(half))]
 
 
-@CONSUMED_BUG  # here it grants the 2 MiB still buffered for 1000 bytes consumed
 def test_consumed_small_amounts_wait_for_a_quarter_window():
     conn, rec, enc = connect()
     open_stream(conn, rec, enc, 1)
@@ -307,7 +299,6 @@ def test_consumed_small_amounts_wait_for_a_quarter_window():
     assert sent(conn) == []
 
 
-@CONSUMED_BUG
 def test_consumed_as_it_arrives_keeps_the_peer_sending():
     """A peer that obeys the windows streams 3 windows' worth through one stream
     whose application consumes every frame at once."""
@@ -434,11 +425,6 @@ def test_initial_window_change_adjusts_open_streams():
 # RFC 9113 §6.5.3: the sender of SETTINGS applies them when it receives the ACK.
 # grpc-c clients raise their initial window while data flows (BDP probing) and
 # reject DATA beyond the old window ("frame of size N overflows local window of M").
-SETTINGS_ACK_BUG = pytest.mark.xfail(strict=True, reason="BUG h2.H2Connection._settings: DATA released by a "
-                                     "larger SETTINGS_INITIAL_WINDOW_SIZE is queued before the SETTINGS ACK")
-
-
-@SETTINGS_ACK_BUG
 def test_settings_ack_precedes_data_released_by_a_larger_initial_window():
     conn, rec, enc = connect(initial_window=10)
     open_stream(conn, rec, enc, 1)

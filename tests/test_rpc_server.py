@@ -22,16 +22,13 @@ from kvstore.api import MethodTable
 from kvstore.rpc import h2
 from kvstore.rpc.server import RpcServer
 
-from tests.test_rpc_h2 import REQUEST, SETTINGS_ACK_BUG, Frame, parse, settings
+from tests.test_rpc_h2 import REQUEST, Frame, parse, settings
 
 WAIT = 10  # seconds: only a bound on a wait that a working server ends at once
 MiB = 1 << 20
 BIG = random.Random(7).randbytes(5 * MiB)  # larger than every initial window
-# No BDP probing: it makes the client raise its initial window mid-transfer, which
-# trips the SETTINGS ACK ordering bug (test_rpc_h2.SETTINGS_ACK_BUG) at random;
-# test_settings_ack_precedes_released_data reproduces that deterministically.
-BIG_CHANNEL = [("grpc.max_receive_message_length", 16 * MiB), ("grpc.max_send_message_length", 16 * MiB),
-               ("grpc.http2.bdp_probe", 0)]
+# BDP probing on (the default): the client raises its initial window mid-transfer.
+BIG_CHANNEL = [("grpc.max_receive_message_length", 16 * MiB), ("grpc.max_send_message_length", 16 * MiB)]
 
 
 def _ident(b: bytes) -> bytes:
@@ -265,10 +262,8 @@ def test_large_response_beyond_every_window_arrives_intact():
     run(test, options=BIG_CHANNEL)
 
 
-# Call.feed never calls consumed() for a unary call's request, so the stream
-# window (h2.STREAM_WINDOW, 4 MiB) is never credited before the request ends.
-@pytest.mark.xfail(strict=True, reason="BUG server.Call.feed: a unary request larger than the 4 MiB stream "
-                   "window stalls (its bytes are never credited back), even under max_receive_message_length")
+# A unary request larger than the stream window (h2.STREAM_WINDOW, 4 MiB): its
+# bytes must be credited back as they arrive.
 def test_large_unary_request_beyond_the_stream_window():
     async def test(ch, state, server, port):
         assert await unary(ch, "Echo")(BIG, timeout=3) == BIG
@@ -276,10 +271,7 @@ def test_large_unary_request_beyond_the_stream_window():
     run(test, options=BIG_CHANNEL, max_receive_message_length=8 * MiB)
 
 
-# The h2.consumed bug (see test_rpc_h2.CONSUMED_BUG) seen from a client: the
-# server reads every message at once, so the stream is never credited.
-@pytest.mark.xfail(strict=True, reason="BUG h2.H2Connection.consumed: a client stream stalls after 4 MiB "
-                   "(the stream window) even though the handler reads every message")
+# A client stream longer than the stream window: credited as the handler reads.
 def test_client_stream_beyond_the_stream_window():
     async def test(ch, state, server, port):
         chunk = b"y" * (256 << 10)
@@ -473,7 +465,6 @@ def test_raw_unary_call_gets_headers_then_a_message_then_ok_trailers():
     run(test)
 
 
-@SETTINGS_ACK_BUG
 def test_settings_ack_precedes_released_data():
     """A client that raises its initial window while a response waits for window
     must see the SETTINGS ACK before DATA beyond its old window."""

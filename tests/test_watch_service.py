@@ -53,18 +53,15 @@ async def kvstore_server(*extra: str, progress_interval: float | None = None):
     if progress_interval is not None:
         cfg.watch_progress_notify_interval = progress_interval
     server = KvServer(cfg)
-    gs = grpc.aio.server(options=[
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", cfg.max_request_bytes + 512 * 1024),
-        ("grpc.max_send_message_length", 2**31 - 1),
-    ])
+    from kvstore.rpc.server import RpcServer
+
+    gs = RpcServer(max_receive_message_length=cfg.max_request_bytes + 512 * 1024)
     started = False
     try:
         await server.start()
         started = True
         add_services(gs, server)
-        gs.add_insecure_port(f"127.0.0.1:{cp}")
-        await gs.start()
+        await gs.listen(f"http://127.0.0.1:{cp}")
         endpoint = f"127.0.0.1:{cp}"
         async with grpc.aio.insecure_channel(endpoint) as ch:
             await put_until_ready(rpc_pb2_grpc.KVStub(ch))
