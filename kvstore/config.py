@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 DEFAULT_CLIENT_URL = "http://127.0.0.1:2379"
 DEFAULT_PEER_URL = "http://127.0.0.1:2380"
 DEFAULT_HTTP_URL = "http://127.0.0.1:2378"  # friendly HTTP API, health, gateway
+LEASE_CLOCK_DRIFT = 0.1  # --experimental-lease-read's clock assumption (raft Config.max_clock_drift)
 
 
 class ConfigError(Exception):
@@ -61,6 +62,8 @@ class ServerConfig:
     # Resource limits.
     max_watches_per_stream: int = 10_000
     max_leases: int = 1_000_000
+    # Linearizable reads on the leader's lease instead of a heartbeat round.
+    experimental_lease_read: bool = False
 
     @property
     def election_ticks(self) -> int:
@@ -120,6 +123,14 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("self-signed-cert-validity", "int", "validity in years of --auto-tls/--peer-auto-tls certificates"),
     ("max-watches-per-stream", "int", "maximum number of watches on one Watch stream (0 = no limit)"),
     ("max-leases", "int", "maximum number of leases granted at once (0 = no limit)"),
+    (
+        "experimental-lease-read",
+        "bool",
+        # "%%": argparse %-formats help texts.
+        "serve linearizable reads on the leader's lease (no heartbeat round per read); safe only if "
+        f"the members' clocks (tick rates, counting event-loop stalls and process pauses) differ by at "
+        f"most {int(LEASE_CLOCK_DRIFT * 100)}%%",
+    ),
 ]
 
 _TRUE = ("true", "1", "yes", "on")

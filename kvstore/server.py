@@ -19,6 +19,7 @@ import grpc
 from typing import Any
 
 from raft.core import Config as RaftConfig
+from raft.core import ReadOnlyOption
 from raft.lmdb_storage import LmdbStorage
 from raft.node import NodeOptions, RaftNode
 from raft.transport import PeerTransport
@@ -36,7 +37,7 @@ from raft.types import (
 
 from . import errors, members
 from .apply import Applied, Applier
-from .config import ServerConfig, grpc_target
+from .config import LEASE_CLOCK_DRIFT, ServerConfig, grpc_target
 from .errors import EtcdError
 from .lease import Lessor, min_lease_ttl
 from .metrics import Metrics
@@ -152,6 +153,8 @@ class KvServer:
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
             heartbeat_tick=1,
+            read_only=ReadOnlyOption.LEASE_BASED if self.cfg.experimental_lease_read else ReadOnlyOption.SAFE,
+            max_clock_drift=LEASE_CLOCK_DRIFT,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
         )
         self.node = RaftNode(

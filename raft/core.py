@@ -9,8 +9,9 @@ Implemented: PreVote, CheckQuorum (with the follower-side lease that stops a
 rejoining node from deposing a healthy leader), pipelined replication with
 bounded inflight windows (one append per follower per Ready), fast back-off by
 term, the current-term commit rule, batched ReadIndex (one confirming heartbeat
-round in flight at a time), leader transfer (TimeoutNow), one-at-a-time
-membership changes with learners, and snapshots.
+round in flight at a time), optional lease reads (see ``_lease_held``),
+leader transfer (TimeoutNow), one-at-a-time membership changes with
+learners, and snapshots.
 """
 from __future__ import annotations
 
@@ -44,11 +45,12 @@ CAMPAIGN_TRANSFER = b"transfer"
 
 _VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
 _UNTERMED = (MsgType.PROP, MsgType.READ_INDEX)
+_FROM_LEADER = (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP)
 
 
 class ReadOnlyOption(IntEnum):
     SAFE = 0  # confirm leadership with a heartbeat round (one per batch)
-    LEASE_BASED = 1  # refused by Config.validate: unsafe in this core (see there)
+    LEASE_BASED = 1  # answer locally while the leader holds a lease (Raft._lease_held)
 
 
 @dataclass
@@ -62,6 +64,11 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     read_only: ReadOnlyOption = ReadOnlyOption.SAFE
+    # Lease reads rest on clocks: the tick rates of any two members differ by
+    # at most this fraction (over any stretch of time, n ticks of one member
+    # take at least (1 - max_clock_drift) times as long as n ticks of
+    # another), counting the lateness of a tick (a paused process) as drift.
+    max_clock_drift: float = 0.1
     applied: int = 0  # restart hint: entries up to here were already applied
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -73,10 +80,24 @@ class Config:
         if self.max_inflight_msgs <= 0:
             raise ValueError("max_inflight_msgs must be positive")
         if self.read_only == ReadOnlyOption.LEASE_BASED:
-            # The simulator showed a deposed leader answering lease reads and a
-            # restarted follower voting inside the lease: unsafe without
-            # bounded clock drift and a vote delay after restart. Refused.
-            raise ValueError("lease-based reads are not supported (unsafe); use ReadOnlyOption.SAFE")
+            if not self.check_quorum:
+                # Followers ignoring votes while a leader may hold its lease is
+                # CheckQuorum's follower-side lease.
+                raise ValueError("lease-based reads require check_quorum")
+            if not 0 <= self.max_clock_drift < 1:
+                raise ValueError("max_clock_drift must be in [0, 1)")
+            if self.lease_ticks < 1:
+                raise ValueError("election_tick is too small for a lease with this max_clock_drift")
+
+    @property
+    def lease_ticks(self) -> int:
+        """Ticks after sending a heartbeat that a quorum answered during which
+        the leader may serve reads alone. A follower ignores votes for
+        ``election_tick`` of its ticks after that heartbeat reached it: at
+        least ``election_tick - 1`` of its tick periods (the first tick may
+        follow at once), which last at least ``(election_tick - 1) * (1 -
+        drift)`` of the leader's; this is no longer."""
+        return int(self.election_tick * (1 - self.max_clock_drift)) - 1
 
 
 class _PendingRead:
@@ -113,6 +134,21 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        self._lease_reads = config.read_only == ReadOnlyOption.LEASE_BASED
+        self._lease_ticks = config.lease_ticks
+        # This node's clock in ticks (from 1; 0 means "no tick"). Heartbeats
+        # carry it in ``index`` and the answers echo it, so the leader knows
+        # when what a follower acknowledged was sent.
+        self._ticks = 1
+        # Ticks since a leader's message last reached this node, or since it
+        # started (a restarted node may have acknowledged a leader's heartbeat
+        # just before): see _votes_held. Unlike election_elapsed, no role change
+        # resets it.
+        self._since_leader = 0
+        # Leader: per voter, the send tick of the latest heartbeat it answered
+        # in this term; and whether a transfer ended lease reads for the term.
+        self._hb_acked: dict[int, int] = {}
+        self._lease_revoked = False
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.votes: dict[int, bool] = {}
@@ -186,6 +222,8 @@ class Raft:
 
     # ---------------------------------------------------------------- public API
     def tick(self) -> None:
+        self._ticks += 1
+        self._since_leader += 1
         if self.role == Role.LEADER:
             self._tick_heartbeat()
         else:
@@ -352,6 +390,8 @@ class Raft:
         self._read_round = None
         self._append_pending = False
         self._commit_in_term = False
+        self._hb_acked.clear()
+        self._lease_revoked = False
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -457,18 +497,29 @@ class Raft:
         return None
 
     # ----------------------------------------------------------------- stepping
+    def _in_lease(self) -> bool:
+        """Whether to ignore a (pre)vote request for a higher term: a leader
+        reached us within an election timeout (CheckQuorum's follower lease)."""
+        if self._votes_held():
+            return True
+        return self.cfg.check_quorum and self.lead != NONE and self.election_elapsed < self.cfg.election_tick
+
+    def _votes_held(self) -> bool:
+        """Lease reads: a leader's lease counts on every member that answered
+        its heartbeat granting no (non-transfer) vote for ``election_tick``
+        ticks. So this is counted from the last leader message itself, not
+        from ``election_elapsed`` and ``lead``, which a step-down (any
+        higher-term message) resets, and from start, as a restarted node may
+        have answered a heartbeat just before. Without lease reads such a
+        vote is harmless, and a new cluster elects at once."""
+        return self._lease_reads and self._since_leader < self.cfg.election_tick
+
     def step(self, m: Message) -> None:
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
-                force = m.context == CAMPAIGN_TRANSFER
-                in_lease = (
-                    self.cfg.check_quorum
-                    and self.lead != NONE
-                    and self.election_elapsed < self.cfg.election_tick
-                )
-                if in_lease and not force:
+                if m.context != CAMPAIGN_TRANSFER and self._in_lease():
                     return  # we heard from a live leader recently: ignore
             if m.type == MsgType.PRE_VOTE:
                 pass  # never change term on a pre-vote
@@ -488,6 +539,8 @@ class Raft:
             return
 
         t = m.type
+        if t in _FROM_LEADER:
+            self._since_leader = 0  # m.term == self.term here: a current leader
         if t == MsgType.HUP:
             self._hup(transfer=False)
         elif t in (MsgType.VOTE, MsgType.PRE_VOTE):
@@ -496,6 +549,8 @@ class Raft:
                 or (self.vote == NONE and self.lead == NONE)
                 or (t == MsgType.PRE_VOTE and m.term > self.term)
             )
+            if m.context != CAMPAIGN_TRANSFER and self._votes_held():
+                can_vote = False  # e.g. a vote in a term we stepped down to
             if can_vote and self.log.is_up_to_date(m.index, m.log_term):
                 self._send(Message(_VOTE_RESP[t], to=m.frm, term=m.term))
                 if t == MsgType.VOTE:
@@ -596,7 +651,8 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))
-        self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, context=m.context))
+        # ``index`` echoes the leader's send tick (see Raft._ticks).
+        self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, index=m.index, context=m.context))
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -717,7 +773,9 @@ class Raft:
         batch = []
         for nid, pr in self.prs.items():
             if nid != self.id:
-                m = Message(MsgType.HEARTBEAT, to=nid, commit=min(pr.match, committed), context=ctx)
+                m = Message(
+                    MsgType.HEARTBEAT, to=nid, index=self._ticks, commit=min(pr.match, committed), context=ctx
+                )
                 self._send(m)
                 batch.append(m)
         self._hb_batch = batch
@@ -774,7 +832,9 @@ class Raft:
             due = pr.beat_checked != self._beats
             if pr.match < self.log.last_index() and self._send_append(m.frm, send_if_empty=due):
                 pr.beat_checked = self._beats
-            if m.context and self.cfg.read_only == ReadOnlyOption.SAFE:
+            if self._lease_reads and m.index > self._hb_acked.get(m.frm, 0):
+                self._hb_acked[m.frm] = m.index
+            if m.context:
                 self._ack_read(m.context, m.frm)
         elif t == MsgType.SNAP_STATUS:
             if pr.state != ProgressState.SNAPSHOT:
@@ -858,6 +918,10 @@ class Raft:
             return
         self.election_elapsed = 0  # the transfer must finish within one election timeout
         self.lead_transferee = target
+        # The target campaigns with CAMPAIGN_TRANSFER, which followers grant
+        # inside their lease: no lease read from now on in this term. Reads
+        # answered before were answered before any TimeoutNow left.
+        self._lease_revoked = True
         if pr.match == self.log.last_index():
             self._send(Message(MsgType.TIMEOUT_NOW, to=target))
         else:
@@ -872,10 +936,7 @@ class Raft:
             # hard state is not synced) until its own new entry is durable.
             self._reads_waiting_commit.append(m)
             return
-        if len(self.voters) == 1:
-            self._answer_read(m.frm, self.log.committed, m.context)
-            return
-        if self.cfg.read_only == ReadOnlyOption.LEASE_BASED:
+        if len(self.voters) == 1 or self._lease_held():
             self._answer_read(m.frm, self.log.committed, m.context)
             return
         ctx = m.context
@@ -895,6 +956,23 @@ class Raft:
         # it cannot confirm it: the read waits for the next round, which
         # starts when this one completes (or at the next heartbeat tick) and
         # serves every read queued by then.
+
+    def _lease_held(self) -> bool:
+        """Lease reads: whether no other leader can have been elected yet, so
+        our commit index (of this term) is the latest. A quorum (counting us)
+        answered heartbeats sent at tick ``t`` or later; each of them ignores
+        votes for ``election_tick`` of its ticks after the heartbeat reached
+        it, which is after ``t`` -- longer than ``lease_ticks`` of ours (see
+        Config.lease_ticks). Measured from the send, never from the answer's
+        arrival, so delayed answers cannot stretch it. When it lapses, reads
+        take a heartbeat round (which also renews it)."""
+        if not self._lease_reads or self._lease_revoked:
+            return False
+        acked = self._hb_acked
+        now = self._ticks
+        sent = sorted((now if v == self.id else acked.get(v, 0) for v in self._voters), reverse=True)
+        t = sent[self._quorum() - 1]
+        return t > 0 and now < t + self._lease_ticks
 
     def _release_reads_waiting_commit(self) -> None:
         if self._reads_waiting_commit and self._committed_in_current_term():

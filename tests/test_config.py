@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from kvstore.config import ConfigError, member_id, parse
+from kvstore.config import LEASE_CLOCK_DRIFT, ConfigError, build_parser, member_id, parse
+from raft.core import Config as RaftConfig
+from raft.core import ReadOnlyOption
 from tests.procs import REPO
 
 
@@ -28,6 +30,20 @@ def test_flag_beats_environment_variable() -> None:
     assert cfg.snapshot_count == 77
     cfg = parse([], environ={"KVSTORE_NAME": "n9", "KVSTORE_INITIAL_CLUSTER": "n9=http://127.0.0.1:2380"})
     assert cfg.name == "n9" and cfg.data_dir == "n9.kvstore"
+
+
+def test_experimental_lease_read_flag() -> None:
+    assert parse([], environ={}).experimental_lease_read is False
+    assert parse(["--experimental-lease-read"], environ={}).experimental_lease_read is True
+    assert parse([], environ={"KVSTORE_EXPERIMENTAL_LEASE_READ": "true"}).experimental_lease_read is True
+    assert "10%" in build_parser().format_help().replace("\n", " ")
+    # The shortest election timeout the flags allow still leaves a lease.
+    cfg = parse(["--heartbeat-interval", "100", "--election-timeout", "500"], environ={})
+    rc = RaftConfig(
+        1, election_tick=cfg.election_ticks, read_only=ReadOnlyOption.LEASE_BASED, max_clock_drift=LEASE_CLOCK_DRIFT
+    )
+    rc.validate()
+    assert rc.lease_ticks == 3
 
 
 def test_member_ids_are_deterministic_and_distinct() -> None:

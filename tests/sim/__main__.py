@@ -19,12 +19,14 @@ import time
 from collections import Counter
 
 from .cluster import run_one
-from .scenarios import ORDER, SCENARIOS, scenario_for_seed
+from .scenarios import DEMOS, ORDER, SCENARIOS, scenario_for_seed
+
+_ALL = {**SCENARIOS, **DEMOS}
 
 
 def _job(args: tuple[int, str | None]) -> tuple[int, str, bool, str, dict]:
     seed, name = args
-    sc = SCENARIOS[name] if name else scenario_for_seed(seed)
+    sc = _ALL[name] if name else scenario_for_seed(seed)
     ok, msg, stats = run_one(seed, sc)
     return seed, sc.name, ok, msg, stats
 
@@ -34,14 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="replay one seed")
     p.add_argument("--seeds", type=int, default=0, help="run this many seeds")
     p.add_argument("--start", type=int, default=0, help="first seed of --seeds")
-    p.add_argument("--scenario", choices=ORDER, help="default: cycle through all scenarios")
+    p.add_argument(
+        "--scenario", choices=ORDER + list(DEMOS), help="default: cycle through all scenarios (not the lease-* demos)"
+    )
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1)
     p.add_argument("--keep-going", action="store_true", help="report every failing seed")
     p.add_argument("-v", "--verbose", action="count", default=0)
     a = p.parse_args(argv)
 
     if a.seed is not None:
-        sc = SCENARIOS[a.scenario] if a.scenario else scenario_for_seed(a.seed)
+        sc = _ALL[a.scenario] if a.scenario else scenario_for_seed(a.seed)
         t0 = time.perf_counter()
         ok, msg, stats = run_one(a.seed, sc, verbose=a.verbose)
         dt = time.perf_counter() - t0
@@ -90,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             pool.terminate()
     dt = time.perf_counter() - t0
     print(f"\n{done} seeds in {dt:.1f}s ({done / dt:.1f} seeds/s, {a.jobs} jobs)")
-    print("scenario mix: " + ", ".join(f"{k}={mix[k]}" for k in ORDER if mix[k]))
+    print("scenario mix: " + ", ".join(f"{k}={mix[k]}" for k in _ALL if mix[k]))
     keys = (
-        "ticks", "elections", "committed", "acked", "reads", "crashes", "power_failures", "partitions",
+        "ticks", "elections", "committed", "acked", "reads", "lease_reads", "crashes", "power_failures", "partitions",
         "lost_writes", "snap_msgs", "transfers", "conf_changes", "members_added", "members_removed",
         "msgs", "delivered", "readies",
     )

@@ -26,7 +26,7 @@ import heapq
 import random
 import sys
 
-from raft.core import Config, Raft
+from raft.core import Config, Raft, ReadOnlyOption
 from raft.types import (
     ConfChange,
     ConfChangeType,
@@ -48,7 +48,15 @@ FINAL_TICKS = 400  # the cluster must recover within this many ticks of healing
 MAX_FINAL_SNAPS = 3  # copies of one snapshot sent to one node after healing
 MAX_BACKLOG = 48  # clients hold back while the leader has this many uncommitted entries
 
-EV_TICK, EV_DELIVER, EV_READY, EV_DONE = 0, 1, 2, 3
+EV_TICK, EV_DELIVER, EV_READY, EV_DONE, EV_NODE_TICK = 0, 1, 2, 3, 4
+
+
+class _TransferKeepsLease(Raft):
+    """Demo only: the leader keeps serving lease reads during a transfer."""
+
+    def _leader_transfer(self, target: int, pr) -> None:
+        super()._leader_transfer(target, pr)
+        self._lease_revoked = False
 
 
 def copy_message(m: Message) -> Message:
@@ -102,7 +110,7 @@ class Sim:
         self.max_apply = rng.choice((1, 100)) if small else 8 << 20
         classic = rng.random() < scenario.classic
         self.pre_vote = not classic or rng.random() < 0.5
-        self.check_quorum = not classic or rng.random() < 0.5
+        self.check_quorum = not classic or rng.random() < 0.5 or scenario.lease_read
         # Client bookkeeping.
         self.prop_seq = 0
         self.proposals: dict[bytes, int] = {}  # data -> proposing node
@@ -122,15 +130,16 @@ class Sim:
             "power_failures": 0,
             "members_added": 0,
             "members_removed": 0,
+            "lease_reads": 0,  # reads asked on a leader holding its lease
         }
 
     # ---------------------------------------------------------------- tracing
     def trace(self, msg: str) -> None:
         if self.verbose:
-            print(f"[{self.tick_no:4d}.{self.now % TICK}] {msg}", file=sys.stderr)
+            print(f"[{self.tick_no:4d}.{int(self.now) % TICK}] {msg}", file=sys.stderr)
 
     # ---------------------------------------------------------------- events
-    def push(self, t: int, kind: int, a=None, b=None) -> None:
+    def push(self, t: float, kind: int, a=None, b=None) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
@@ -155,6 +164,8 @@ class Sim:
                 self.on_ready(a, b)
             elif kind == EV_DONE:
                 self.on_done(a, b)
+            elif kind == EV_NODE_TICK:
+                self.on_node_tick(a, b)
             else:
                 self.on_tick()
         self.final_checks()
@@ -188,10 +199,15 @@ class Sim:
             max_committed_size_per_ready=self.max_apply,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            read_only=ReadOnlyOption.LEASE_BASED if self.sc.lease_read else ReadOnlyOption.SAFE,
+            max_clock_drift=self.sc.lease_bound,
             applied=sm.applied,
             rng=random.Random(rng.getrandbits(64)),
         )
-        r = node.raft = Raft(cfg, node.disk.live)
+        cls = _TransferKeepsLease if self.sc.unsafe == "transfer" else Raft
+        r = node.raft = cls(cfg, node.disk.live)
+        if self.sc.unsafe == "restart":
+            r._since_leader = cfg.election_tick  # demo: a restarted node votes at once
         node.inc += 1
         node.mem_committed = r.log.committed
         node.persisted_commit = r.log.committed
@@ -200,6 +216,10 @@ class Sim:
         node.async_mode = rng.random() < self.sc.async_ready
         node.started_at = self.tick_no
         node.restart_at = -1
+        if self.sc.drift:
+            lo, hi = TICK, TICK / (1 - self.sc.drift)
+            node.period = rng.choice((lo, hi, rng.uniform(lo, hi), 0.0))
+            self.push(self.now + rng.uniform(0, hi), EV_NODE_TICK, node.id, node.inc)
         self.check_conf(node, "restart")
         self.after(node)
 
@@ -428,13 +448,23 @@ class Sim:
                 best = n
         return best
 
+    def on_node_tick(self, nid: int, inc: int) -> None:
+        """Drift runs: each node ticks on its own clock (see Scenario.drift)."""
+        node = self.nodes[nid]
+        if node.inc != inc or node.raft is None:
+            return
+        node.raft.tick()
+        self.after(node)
+        period = node.period or self.rng.uniform(TICK, TICK / (1 - self.sc.drift))
+        self.push(self.now + period, EV_NODE_TICK, nid, inc)
+
     def on_tick(self) -> None:
         self.tick_no += 1
         rng = self.rng
         sc = self.sc
         if not self.final and self.tick_no >= sc.chaos_ticks:
             self.start_final()
-        nodes = self.live()
+        nodes = [] if sc.drift else self.live()
         rng.shuffle(nodes)
         for node in nodes:
             if not self.final and rng.random() < sc.tick_skip:
@@ -538,16 +568,19 @@ class Sim:
                 self.prop_seq += 1
                 datas.append(b"p%d.%d" % (node.id, self.prop_seq))
             self._propose(node, datas)
-        if rng.random() < sc.read_rate:
-            node = rng.choice(live)
-            self.read_seq += 1
-            ctx = b"r%d" % self.read_seq
-            self.checker.on_read_request(node, ctx)
-            try:
-                node.raft.read_index(ctx)
-            except ProposalDropped:
-                pass
-            self.after(node)
+        for _ in range(sc.reads_per_tick):
+            if rng.random() < sc.read_rate:
+                node = rng.choice(live)
+                self.read_seq += 1
+                ctx = b"r%d" % self.read_seq
+                self.checker.on_read_request(node, ctx)
+                if node.raft.role == Role.LEADER and node.raft._lease_held():
+                    self.stats["lease_reads"] += 1
+                try:
+                    node.raft.read_index(ctx)
+                except ProposalDropped:
+                    pass
+                self.after(node)
         if rng.random() < sc.transfer_rate:
             lead = self.leader()
             if lead is not None:

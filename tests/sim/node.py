@@ -148,6 +148,7 @@ class SimNode:
         "down_since",
         "restart_at",
         "started_at",
+        "period",
     )
 
     def __init__(self, nid: int, voters: tuple[int, ...], learners: tuple[int, ...]) -> None:
@@ -165,6 +166,7 @@ class SimNode:
         self.down_since = -1
         self.restart_at = -1
         self.started_at = 0
+        self.period: float = 0.0  # drift runs: this incarnation's tick period (0: varies per tick)
 
     @property
     def up(self) -> bool:

@@ -34,6 +34,9 @@ class Scenario:
     ready_delay: tuple[int, int] = (0, 3)  # units from "has ready" to ready()
     fsync_delay: tuple[int, int] = (0, 6)  # units a Ready spends being persisted (async mode)
     tick_skip: float = 0.02  # a node misses a tick (scheduling hiccup)
+    # Per-node clocks: each incarnation's tick periods lie in
+    # [TICK, TICK / (1 - drift)] (0: every node ticks on the global tick).
+    drift: float = 0.0
     checkpoint_rate: float = 0.1  # per applied batch: state machine becomes durable
     snapshot_count: int = 0  # compact every N applied entries (0: never)
     small_msgs: float = 0.5  # runs with tiny max_size_per_msg / inflight windows
@@ -43,6 +46,11 @@ class Scenario:
     batch_max: int = 3
     follower_propose: float = 0.4  # propose through a follower (forwarding)
     read_rate: float = 0.25
+    reads_per_tick: int = 1  # read_rate is tried this many times per tick
+    # -- lease reads -----------------------------------------------------------
+    lease_read: bool = False  # ReadOnlyOption.LEASE_BASED (CheckQuorum forced on)
+    lease_bound: float = 0.1  # Config.max_clock_drift
+    unsafe: str = ""  # demos only: "restart" / "transfer" disables that lease fix
     transfer_rate: float = 0.0
     membership: bool = False
     member_every: int = 25  # ticks between membership actions
@@ -204,7 +212,69 @@ SCENARIOS: dict[str, Scenario] = {
     ]
 }
 
+# Lease reads under partitions, crashes with quick restarts, leader
+# transfers, membership changes and clock drift at the configured bound. A
+# missed tick is unbounded drift, hence no tick_skip.
+LEASE = replace(
+    BASE,
+    name="lease",
+    lease_read=True,
+    drift=0.1,
+    tick_skip=0.0,
+    drop=0.03,
+    dup=0.02,
+    long_delay=0.03,
+    partition_rate=0.04,
+    heal_rate=0.06,
+    crash_rate=0.03,
+    max_down=2,
+    power_failure=0.002,
+    restart_after=(1, 12),
+    transfer_rate=0.05,
+    membership=True,
+    snapshot_count=20,
+    read_rate=0.8,
+    reads_per_tick=3,
+    chaos_ticks=320,
+)
+SCENARIOS[LEASE.name] = LEASE
+
 ORDER = list(SCENARIOS)
+
+# Demonstrations that the lease checks matter: each breaks one assumption of
+# the lease and is expected to produce stale reads (not in the default runs).
+DEMOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        replace(
+            LEASE,
+            name="lease-no-restart-fix",
+            unsafe="restart",
+            sizes=(5,),  # two nodes cut off together campaign; a restarted third one completes the quorum
+            membership=False,
+            transfer_rate=0.0,
+            power_failure=0.0,
+            partition_rate=0.08,
+            heal_rate=0.01,
+            one_way=0.8,
+            crash_rate=0.2,
+            max_down=2,
+            restart_after=(1, 3),
+            propose_rate=0.03,  # a candidate cut off for a while must still have an up-to-date log
+            reads_per_tick=4,
+        ),
+        replace(LEASE, name="lease-no-transfer-fix", unsafe="transfer", crash_rate=0.0, power_failure=0.0),
+        replace(
+            LEASE,
+            name="lease-over-drift",
+            drift=0.7,
+            sizes=(3,),
+            transfer_rate=0.0,
+            crash_rate=0.0,
+            power_failure=0.0,
+        ),
+    ]
+}
 
 
 def scenario_for_seed(seed: int) -> Scenario:
