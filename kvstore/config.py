@@ -128,8 +128,8 @@ _FLAGS: list[tuple[str, str, str]] = [
         "bool",
         # "%%": argparse %-formats help texts.
         "serve linearizable reads on the leader's lease (no heartbeat round per read); safe only if "
-        f"the members' clocks (tick rates, counting event-loop stalls and process pauses) differ by at "
-        f"most {int(LEASE_CLOCK_DRIFT * 100)}%%",
+        f"the members' clock rates differ by at most {int(LEASE_CLOCK_DRIFT * 100)}%% (a late tick, "
+        "e.g. a stalled or paused process, is detected and ends the lease until the next heartbeat round)",
     ),
 ]
 

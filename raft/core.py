@@ -148,6 +148,7 @@ class Raft:
         # Leader: per voter, the send tick of the latest heartbeat it answered
         # in this term; and whether a transfer ended lease reads for the term.
         self._hb_acked: dict[int, int] = {}
+        self._lease_floor = 0  # heartbeats sent before this tick no longer count (clock_stalled)
         self._lease_revoked = False
         self.lead_transferee = NONE
         self.pending_conf_index = 0
@@ -832,7 +833,7 @@ class Raft:
             due = pr.beat_checked != self._beats
             if pr.match < self.log.last_index() and self._send_append(m.frm, send_if_empty=due):
                 pr.beat_checked = self._beats
-            if self._lease_reads and m.index > self._hb_acked.get(m.frm, 0):
+            if self._lease_reads and m.index >= self._lease_floor and m.index > self._hb_acked.get(m.frm, 0):
                 self._hb_acked[m.frm] = m.index
             if m.context:
                 self._ack_read(m.context, m.frm)
@@ -956,6 +957,16 @@ class Raft:
         # it cannot confirm it: the read waits for the next round, which
         # starts when this one completes (or at the next heartbeat tick) and
         # serves every read queued by then.
+
+    def clock_stalled(self) -> None:
+        """The driver's ticks fell behind real time (a stalled event loop, a
+        paused process): heartbeats acknowledged so far may have been sent
+        longer ago than their tick numbers say. The lease starts again from
+        heartbeats sent from now on; reads meanwhile take a heartbeat round."""
+        if self._lease_reads and self._hb_acked:
+            self._ticks += 1
+            self._lease_floor = self._ticks
+            self._hb_acked.clear()
 
     def _lease_held(self) -> bool:
         """Lease reads: whether no other leader can have been elected yet, so

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from . import failpoints as _fp
-from .core import Config, Raft
+from .core import Config, Raft, ReadOnlyOption
 from .storage import LogStorage, LogWriter
 from .types import (
     NONE,
@@ -151,9 +151,13 @@ class RaftNode:
         self.stats = NodeStats()
         hard, _ = storage.initial_state()
         self._durable_term_vote = (hard.term, hard.vote)
+        self._lease_reads = config.read_only == ReadOnlyOption.LEASE_BASED
+        self._tick_due = float("inf")  # when the ticker's next tick is due (set once it runs)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"raft-{self.id}-loop"),
             asyncio.create_task(self._ticker(), name=f"raft-{self.id}-ticker"),
@@ -233,6 +237,7 @@ class RaftNode:
         """Called by the transport for every received message."""
         if self._stopped:
             return
+        self._check_clock()
         try:
             self.raft.step(msg)
         except ProposalDropped:
@@ -262,12 +267,23 @@ class RaftNode:
         deadline = loop.time()
         while True:
             deadline += interval
+            self._tick_due = deadline
             await asyncio.sleep(max(0.0, deadline - loop.time()))
+            self._check_clock()
             if loop.time() - deadline > 5 * interval:
                 deadline = loop.time()  # we were paused (SIGSTOP): don't burst ticks
             self.raft.tick()
             self._age_read_round()
             self._wake.set()
+
+    def _check_clock(self) -> None:
+        """Lease reads count ticks as time: when the ticker is late (the loop
+        stalled, the process was paused), the core must not trust the lease
+        it had. Checked before anything that could answer a read."""
+        if not self._lease_reads or self._loop is None:
+            return
+        if self._loop.time() - self._tick_due > self.opts.tick_interval / 2:
+            self.raft.clock_stalled()
 
     def _age_read_round(self) -> None:
         if self._read_round is None:
@@ -277,6 +293,7 @@ class RaftNode:
             self._ask_read_index()
 
     def _flush_inputs(self) -> None:
+        self._check_clock()
         if self._proposals:
             batch, self._proposals = self._proposals, []
             try:

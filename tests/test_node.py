@@ -253,3 +253,28 @@ def test_lost_read_round_is_asked_again() -> None:
         await stop_all(net)
 
     asyncio.run(main())
+
+
+def test_late_ticker_drops_the_lease() -> None:
+    """raft.node tells the core when its ticker is late (a stalled loop or a
+    paused process), so a lease counted in ticks is not stretched."""
+    import types
+
+    from raft.node import NodeOptions, RaftNode
+
+    calls: list[str] = []
+    loop = types.SimpleNamespace(time=lambda: 100.0)
+    fake = types.SimpleNamespace(
+        _lease_reads=True, _loop=loop, _tick_due=100.0, opts=NodeOptions(tick_interval=0.1),
+        raft=types.SimpleNamespace(clock_stalled=lambda: calls.append("stalled")),
+    )
+    RaftNode._check_clock(fake)  # on time
+    fake._tick_due = 99.96
+    RaftNode._check_clock(fake)  # less than half a tick late
+    assert calls == []
+    fake._tick_due = 99.9
+    RaftNode._check_clock(fake)
+    assert calls == ["stalled"]
+    fake._lease_reads = False
+    RaftNode._check_clock(fake)
+    assert calls == ["stalled"]

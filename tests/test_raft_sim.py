@@ -576,6 +576,25 @@ def test_lapsed_lease_falls_back_to_a_heartbeat_round() -> None:
     assert net.reads[lead.id][-1].request_ctx == b"renewed" and not read_round_sent(net, b"renewed")
 
 
+def test_stalled_clock_drops_the_lease_until_a_new_heartbeat_is_answered() -> None:
+    """The driver reports a late ticker (raft.node._check_clock): answers to
+    heartbeats sent before the stall, even ones arriving after it, no longer
+    hold the lease; a heartbeat sent afterwards renews it."""
+    net, lead = lease_net()
+    lead.tick()
+    net.process(lead.id)  # a heartbeat round is queued, not yet delivered
+    assert any(m.type == MsgType.HEARTBEAT for m in net.queue)
+    lead.clock_stalled()
+    assert not lead._lease_held()
+    lead.read_index(b"after-stall")
+    net.deliver()  # the old heartbeats are answered now, then the read's round
+    assert read_round_sent(net, b"after-stall")  # a round, not the lease
+    assert [rs.request_ctx for rs in net.reads[lead.id]] == [b"after-stall"]
+    lead.read_index(b"renewed")  # that round's heartbeats were sent after the stall
+    net.deliver()
+    assert net.reads[lead.id][-1].request_ctx == b"renewed" and not read_round_sent(net, b"renewed")
+
+
 def test_no_lease_read_once_a_transfer_started() -> None:
     net, lead = lease_net()
     target = next(i for i in net.rafts if i != lead.id)
