@@ -95,6 +95,11 @@ def _table(state: State) -> MethodTable:
             n += len(msg)
         return str(n).encode()
 
+    async def hold(requests, ctx):  # reads nothing
+        state.started.set()
+        await state.release.wait()
+        return b"held"
+
     async def bidi(requests, ctx):
         async for msg in requests:
             yield msg.upper()
@@ -109,6 +114,7 @@ def _table(state: State) -> MethodTable:
         "Echo": ("unary", echo), "Whoami": ("unary", whoami), "Abort": ("unary", abort), "Boom": ("unary", boom),
         "Block": ("unary", block), "Big": ("unary", big), "Count": ("server", count),
         "FirstThenBlock": ("server", first_then_block), "Total": ("client", total), "Bidi": ("bidi", bidi),
+        "Hold": ("client", hold),
     }
     table = MethodTable()
     for name, (kind, fn) in methods.items():
@@ -561,3 +567,23 @@ def test_unix_socket(tmp_path):
                 assert str(state.seen["peer"]).startswith("unix:")
 
     asyncio.run(main())
+
+
+def test_connection_with_too_much_unread_request_data_is_closed(monkeypatch) -> None:
+    """A client cannot make the server buffer requests without bound: past
+    UNREAD_LIMIT bytes that no handler read, the connection ends (GOAWAY
+    ENHANCE_YOUR_CALM), its calls fail, and the server serves new clients."""
+    from kvstore.rpc import server as rpc_server
+
+    monkeypatch.setattr(rpc_server, "UNREAD_LIMIT", 1 * MiB)
+
+    async def test(ch, state, server, port):
+        chunk = b"z" * (64 << 10)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await ch.stream_unary("/test.T/Hold")(iter([chunk] * 40), timeout=WAIT)
+        assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
+        assert not any(c.unread for c in server.connections)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+            assert await fresh.unary_unary("/test.T/Echo")(b"still serving", timeout=WAIT) == b"still serving"
+
+    run(test)

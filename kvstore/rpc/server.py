@@ -36,6 +36,7 @@ log = logging.getLogger("kvstore.rpc")
 _U32 = struct.Struct(">I")
 _PREFIX = struct.Struct(">BI")
 
+UNREAD_LIMIT = 64 << 20  # request bytes a connection may have received and its calls not yet read
 WRITE_HIGH = 1 << 20  # a streaming writer waits while this much of its output is queued
 TRANSPORT_LIMIT = 64 << 20  # a peer leaving this much unread is dropped
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3
@@ -197,8 +198,12 @@ class Call:
                     if payload is None:
                         return
                 self.messages.append((payload, length + 5))
+                self.conn.unread += length + 5
                 pos += 5 + length
             self.buf = buf[pos:] if pos < n else b""
+            if self.conn.unread > UNREAD_LIMIT:
+                self.conn.abandon(f"client sent more than {UNREAD_LIMIT} bytes of requests not yet read")
+                return
             if not self.method.request_streaming and not end:
                 self.conn.consumed(self.sid, len(data))  # bounded by the message size check
         if end:
@@ -238,11 +243,12 @@ class Call:
 
     def _start_unary_request(self) -> None:
         if len(self.messages) != 1:
-            self.fail(grpc.StatusCode.INTERNAL if self.messages else grpc.StatusCode.INTERNAL,
+            self.fail(grpc.StatusCode.INTERNAL,
                       "grpc: the client sent no request message" if not self.messages
                       else "grpc: the client sent more than one request message on a unary call")
             return
-        payload, _ = self.messages.pop()
+        payload, size = self.messages.pop()
+        self.conn.unread -= size
         try:
             request = self.method.request_deserializer(payload)
         except Exception as e:
@@ -261,6 +267,7 @@ class Call:
             finally:
                 self.waiter = None
         payload, size = self.messages.pop(0)
+        self.conn.unread -= size
         self.conn.consumed(self.sid, size)
         try:
             return self.method.request_deserializer(payload)
@@ -326,6 +333,9 @@ class Call:
             self.conn.h2.send_headers(self.sid, block, end_stream=True)
             self.conn.want_flush()
         self.conn.calls.pop(self.sid, None)
+        if self.messages:
+            self.conn.unread -= sum(size for _, size in self.messages)
+            self.messages.clear()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
         if self.callbacks:
@@ -443,6 +453,7 @@ class Connection(asyncio.Protocol):
         self.peer = "unknown"
         self.auth: dict[str, list[bytes]] = {}
         self.paused = False
+        self.unread = 0  # request bytes received by this connection's calls, not yet read
         self._feeding = False
         self._flush_pending = False
         self._writers: list[asyncio.Future[None]] = []
@@ -522,6 +533,14 @@ class Connection(asyncio.Protocol):
 
     def goaway(self) -> None:
         self.h2.goaway()
+        self.want_flush()
+
+    def abandon(self, reason: str) -> None:
+        """A client abusing the connection: GOAWAY, every call ended, closed."""
+        log.warning("client %s: %s: connection closed", self.peer, reason)
+        self.h2.fail(h2.ENHANCE_YOUR_CALM, reason)
+        for call in list(self.calls.values()):
+            call.cancel()
         self.want_flush()
 
     # -------------------------------------------------------- h2.Handler
