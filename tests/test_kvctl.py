@@ -190,12 +190,13 @@ def test_console_script_env_endpoints_and_watch(cluster):
     exe = os.path.join(os.path.dirname(sys.executable), "kvctl")
     cmd = [exe] if os.path.exists(exe) else KVCTL
     p = f"/watch-{time.monotonic_ns()}/"
-    w = subprocess.Popen(cmd + ["watch", p, "--prefix", "-w", "json"], stdout=subprocess.PIPE, text=True, env=env)
+    with Client(cluster.endpoints) as c:
+        r1 = c.put(p + "a", "1").revision
+        c.delete(p + "a")
+    # From a known revision: the events are shown whenever the watch starts.
+    w = subprocess.Popen(cmd + ["watch", p, "--prefix", "--rev", str(r1), "-w", "json"], stdout=subprocess.PIPE,
+                         text=True, env=env)
     try:
-        with Client(cluster.endpoints) as c:
-            time.sleep(1.0)  # let the watch start (events before it would not be shown)
-            r1 = c.put(p + "a", "1").revision
-            c.delete(p + "a")
         first, second = json.loads(w.stdout.readline()), json.loads(w.stdout.readline())
         assert (first["type"], first["kv"]["key"], first["revision"]) == ("PUT", p + "a", r1)
         assert (second["type"], second["revision"]) == ("DELETE", r1 + 1)

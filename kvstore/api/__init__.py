@@ -37,10 +37,10 @@ def servicers(server: KvServer) -> dict[str, Any]:
     return svc
 
 
-def add_services(grpc_server: grpc.aio.Server, server: KvServer) -> None:
-    """Register every servicer, each method authorised (kvstore.api.authz:
-    no gRPC interceptor, which would cost every call a Python handler lookup),
-    all in one generic handler (see ``MethodTable``)."""
+def add_services(grpc_server: Any, server: KvServer) -> None:
+    """Register every servicer, each method authorised (kvstore.api.authz),
+    all in one ``MethodTable``, on ``grpc_server``: a kvstore.rpc RpcServer
+    (or anything with ``add_generic_rpc_handlers``, e.g. grpc.aio's server)."""
     from ..pb import v3election_pb2_grpc, v3lock_pb2_grpc
     from .authz import Guarded
 
@@ -64,12 +64,9 @@ def add_services(grpc_server: grpc.aio.Server, server: KvServer) -> None:
 class MethodTable(grpc.GenericRpcHandler):
     """Every method's handler, found by its path in one dict.
 
-    Stands in for the grpc server while the generated ``add_*_to_server``
-    functions register, and is then the server's only handler. Not
-    "registered methods": grpc.aio keeps one pending request future per
-    registered method and ``asyncio.wait``s on all of them for every call
-    it accepts, which costs ~0.4 us per method (~20 us per call for etcd's
-    46 methods)."""
+    Stands in for the server while the generated ``add_*_to_server``
+    functions register; kvstore.rpc.RpcServer then serves its ``handlers``
+    (and grpc.aio could, as one generic handler)."""
 
     def __init__(self) -> None:
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
