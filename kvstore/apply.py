@@ -8,6 +8,7 @@ the batch's events go to the watch hub only after the transaction commits.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -83,6 +84,10 @@ class Applier:
         if data_path is None:
             raise RuntimeError("snapshot received without state data")
         self.store.restore(data_path)
+        try:
+            os.unlink(data_path)  # the store holds (and fsynced) its copy now
+        except OSError as e:
+            log.warning("cannot remove the received snapshot %s: %s", data_path, e.strerror)
         self.members = members.load(self.store.get_meta(members.META_KEY))
         self.alarms = self._load_alarms()
         self.on_members_changed(self.members)

@@ -54,6 +54,19 @@ class DataDirError(Exception):
     """The data directory cannot be used (permissions, corruption, foreign)."""
 
 
+def _remove_transient_snapshot_files(snap_dir: str) -> None:
+    """Snapshots received (``*.snap``, restored at once, or never usable after
+    a restart: Raft asks again) and copies made to send or to serve
+    Maintenance.Snapshot (``out-*.db``, ``snapshot-*``): leftovers of a
+    previous run take disk space and nothing else."""
+    for name in os.listdir(snap_dir):
+        if name.endswith(".snap") or name.startswith(("out-", "snapshot-")):
+            try:
+                os.unlink(os.path.join(snap_dir, name))
+            except OSError as e:
+                log.warning("cannot remove %s: %s", name, e.strerror)
+
+
 class KvServer:
     def __init__(
         self, cfg: ServerConfig, peer_security: dict[str, Any] | None = None, client_tls: Any | None = None
@@ -86,6 +99,7 @@ class KvServer:
         try:
             os.makedirs(self.member_dir, exist_ok=True)
             os.makedirs(os.path.join(self.member_dir, "snap"), exist_ok=True)
+            _remove_transient_snapshot_files(os.path.join(self.member_dir, "snap"))
             probe = os.path.join(self.member_dir, ".write-test")
             with open(probe, "wb") as f:
                 f.write(b"ok")

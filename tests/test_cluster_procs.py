@@ -3,7 +3,7 @@ replicates, survives SIGKILL of its leader, changes membership and catches a
 new member up by snapshot."""
 from __future__ import annotations
 
-import signal
+import os
 import time
 
 import grpc
@@ -147,6 +147,9 @@ def test_new_member_catches_up_by_snapshot() -> None:
         assert [x.key for x in r.kvs] == [b"snap/%03d" % i for i in range(150)]
         with open(fresh.log_path) as f:
             assert "restored state from snapshot" in f.read()
+        # Restored: the received file is not kept (the store has its own copy).
+        snap_dir = os.path.join(fresh.data_dir, "member", "snap")
+        assert [n for n in os.listdir(snap_dir) if n.endswith(".snap")] == []
         # Promoted, the former learner answers HashKV: every member's history
         # hashes the same at the same revision.
         fid = rpc_pb2_grpc.MaintenanceStub(grpc.insecure_channel(fresh.endpoint)).Status(
