@@ -3,12 +3,13 @@ endpoint, maintenance, snapshot, lock/elect without a command."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import __version__
@@ -67,18 +68,26 @@ def _add(sub: Any, g: argparse.ArgumentParser, name: str, help_: str, func: Call
     return p
 
 
-def run_until_signal(stop: threading.Event) -> None:
-    """Wait for SIGINT/SIGTERM (main thread)."""
+@contextlib.contextmanager
+def signals_stop(stop: threading.Event) -> Iterator[None]:
+    """Inside: SIGINT/SIGTERM set ``stop`` (a clean exit) instead of
+    interrupting. Enter it before printing anything a script may react to
+    with a signal (main thread)."""
     def handler(signum: int, frame: Any) -> None:
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.2):
-            pass
+        yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def wait_stop(stop: threading.Event) -> None:
+    # A bounded wait: the main thread runs signal handlers between waits.
+    while not stop.wait(0.2):
+        pass
 
 
 # -- key-value ------------------------------------------------------------------------------------
@@ -256,8 +265,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 stop.set()
 
         t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        run_until_signal(stop)
+        with signals_stop(stop):
+            t.start()
+            wait_stop(stop)
         w.close()
         err = getattr(pump, "error", None)
         if err is not None:
@@ -352,8 +362,9 @@ def cmd_lease_keepalive(args: argparse.Namespace) -> int:
 
     try:
         t = threading.Thread(target=loop, daemon=True)
-        t.start()
-        run_until_signal(stop)
+        with signals_stop(stop):
+            t.start()
+            wait_stop(stop)
         t.join(1.0)
     finally:
         c.close()
@@ -698,14 +709,15 @@ def cmd_lock_hold(args: argparse.Namespace) -> int:
     try:
         lk = c.lock(args.name, ttl=args.ttl)
         lk.acquire(timeout=args.timeout)
-        if fmt(args) == "json":
-            O.dump_json({"key": O.jbytes(lk.key), "revision": lk.revision})
-        else:
-            print(O.text(lk.key), flush=True)
         stop = threading.Event()
         assert lk.lease is not None
         lk.lease.on_lost(lambda _l: stop.set())
-        run_until_signal(stop)
+        with signals_stop(stop):
+            if fmt(args) == "json":
+                O.dump_json({"key": O.jbytes(lk.key), "revision": lk.revision})
+            else:
+                print(O.text(lk.key), flush=True)
+            wait_stop(stop)
         lost = lk.lease.lost.is_set() and lk.lease.lost_reason != "revoked"
         try:
             lk.release()
@@ -734,21 +746,23 @@ def cmd_elect_hold(args: argparse.Namespace) -> int:
                         print(O.text(kv.key))
                         print(O.text(kv.value), flush=True)
 
-            threading.Thread(target=pump, daemon=True).start()
-            run_until_signal(stop)
+            with signals_stop(stop):
+                threading.Thread(target=pump, daemon=True).start()
+                wait_stop(stop)
             obs.close()
             return 0
         if args.proposal is None:
             raise CliError("elect: a proposal is required (or --listen, or -- CMD)")
         ld = e.campaign(args.proposal, ttl=args.ttl)
-        if fmt(args) == "json":
-            O.dump_json({"key": O.jbytes(ld.key), "revision": ld.revision, "value": args.proposal})
-        else:
-            print(O.text(ld.key))
-            print(args.proposal, flush=True)
         stop = threading.Event()
         ld.lease.on_lost(lambda _l: stop.set())
-        run_until_signal(stop)
+        with signals_stop(stop):
+            if fmt(args) == "json":
+                O.dump_json({"key": O.jbytes(ld.key), "revision": ld.revision, "value": args.proposal})
+            else:
+                print(O.text(ld.key))
+                print(args.proposal, flush=True)
+            wait_stop(stop)
         lost = ld.lease.lost.is_set()
         try:
             ld.resign()
