@@ -6,6 +6,7 @@ No sockets, no clock: every test feeds hand-built frames (``h2.frame`` and
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from typing import NamedTuple
 
 import hpack
@@ -583,3 +584,64 @@ def test_bytes_fed_one_at_a_time_give_the_same_events():
     assert Frame(h2.PING, h2.ACK, 0, b"01234567") in parse(whole[1])
     assert _run([data[i : i + 1] for i in range(len(data))]) == whole
     assert _run([data[i : i + 7] for i in range(0, len(data), 7)]) == whole
+
+
+# ------------------------------------------------------------ hostile input
+def test_a_frame_trickling_in_is_joined_once():
+    """A peer sending a 1 MiB frame a few bytes at a time made every read copy
+    the partial frame again (seconds of CPU per MiB): it is joined once complete."""
+    conn, rec, enc = connect()
+    open_stream(conn, rec, enc, 1)
+    payload = bytes(range(256)) * (MiB // 256)
+    data = h2.frame(h2.DATA, h2.END_STREAM, 1, payload) + h2.frame(h2.PING, 0, 0, b"12345678")
+    conn.feed(data[:100])
+    partial = conn._buf
+    last = 9 + len(payload) - 1  # the DATA frame's last byte
+    for i in range(100, last, 8):
+        conn.feed(data[i : min(i + 8, last)])
+    assert conn._buf is partial  # not rebuilt by the reads in between
+    conn.feed(data[last:])
+    assert rec.take() == [("data", 1, payload, True)]
+    assert sent(conn)[-1] == Frame(h2.PING, h2.ACK, 0, b"12345678")
+
+
+def _held_while(fn) -> int:
+    """Bytes allocated by ``fn()`` and still held when it returns."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_endless_empty_continuation_frames_hold_no_memory():
+    conn, rec, enc = connect()
+    conn.feed(h2.frame(h2.HEADERS, 0, 1, enc.encode(REQUEST)))
+    empty = h2.frame(h2.CONTINUATION, 0, 1) * 10_000
+
+    def flood():
+        for _ in range(20):
+            conn.feed(empty)
+
+    assert _held_while(flood) < 100_000  # a list of 200,000 fragments held 1.6 MB
+    conn.feed(h2.frame(h2.CONTINUATION, h2.END_HEADERS, 1))
+    assert rec.take() == [("request", 1, REQUEST, False)]
+    assert not conn.closed
+
+
+def test_distinct_large_header_blocks_are_not_kept():
+    """The decoded-block cache is for the small blocks clients repeat: 512
+    blocks of 1 MiB (values never indexed leave the table alone) held a GiB."""
+    conn, rec, _ = connect()
+    enc = hpack.Encoder()
+    big = "v" * (64 << 10)
+
+    def requests():
+        for sid in range(1, 80, 2):
+            extra = [hpack.NeverIndexedHeaderTuple("x-big", f"{sid}{big}")]
+            block = enc.encode(REQUEST + extra, huffman=False)
+            conn.feed(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, block))
+            assert rec.take()[0][2][-1] == ("x-big", f"{sid}{big}")
+
+    assert _held_while(requests) < MiB  # 40 blocks and their decoded headers: 5 MiB

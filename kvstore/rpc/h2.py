@@ -126,6 +126,7 @@ class HeaderDecoder:
     dropped whenever a block changes the table."""
 
     CACHE_LIMIT = 512
+    CACHE_BLOCK_LIMIT = 1024  # larger blocks are not kept: 512 of 1 MiB each would hold a GiB
 
     def __init__(self) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
@@ -148,7 +149,7 @@ class HeaderDecoder:
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if after[0] != before[0] or after[1] is not before[1] or after[2] != before[2]:
             self.cache.clear()
-        else:
+        elif len(block) <= self.CACHE_BLOCK_LIMIT:
             if len(self.cache) >= self.CACHE_LIMIT:
                 self.cache.clear()
             self.cache[block] = headers
@@ -167,7 +168,10 @@ class H2Connection:
         self.goaway_sent = False
         self.goaway_received = False
         self.closed = False  # a connection error was found: nothing more is parsed
-        self._buf = b""
+        self._buf = b""  # unparsed bytes: the start of an incomplete frame
+        self._more: list[bytes] = []  # bytes received after _buf, joined once the frame is complete
+        self._have = 0  # len(_buf) + the lengths in _more
+        self._need = 0  # bytes the incomplete frame needs before parsing is worth trying
         self._preface = False
         self._decoder = HeaderDecoder()
         # Outbound
@@ -177,7 +181,7 @@ class H2Connection:
         self._blocked: dict[int, _Stream] = {}  # streams whose queue waits for window
         # Inbound
         self._recv_unacked = 0  # connection-level bytes received and not yet credited back
-        self._continuation: tuple[int, int, list[bytes], int] | None = None  # (sid, flags, fragments, size)
+        self._continuation: tuple[int, int, bytearray] | None = None  # (sid, flags, the block so far)
         self.out.append(
             frame(
                 SETTINGS,
@@ -202,7 +206,17 @@ class H2Connection:
         """Parse what arrived; a protocol violation queues GOAWAY and sets ``closed``."""
         if self.closed:
             return
-        buf = self._buf + data if self._buf else data
+        if self._buf:
+            # A frame arriving in many small reads is joined once, not once a read
+            # (a peer trickling a 1 MiB frame would otherwise cost quadratic copying).
+            self._have += len(data)
+            if self._have < self._need:
+                self._more.append(data)
+                return
+            buf = b"".join((self._buf, *self._more, data))
+            self._more.clear()
+        else:
+            buf = data
         try:
             pos = 0
             if not self._preface:
@@ -210,6 +224,7 @@ class H2Connection:
                     if not PREFACE.startswith(bytes(buf)):
                         raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                     self._buf = buf
+                    self._have, self._need = len(buf), 0  # every byte of the preface is checked as it comes
                     return
                 if buf[: len(PREFACE)] != PREFACE:
                     raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
@@ -230,6 +245,8 @@ class H2Connection:
                 if self.closed:
                     return
             self._buf = buf[pos:] if pos < end else b""
+            self._have = end - pos
+            self._need = 9 + (unpack(buf, pos)[0] >> 8) if end - pos >= 9 else 9
         except ConnectionError_ as e:
             self.fail(e.code, str(e))
 
@@ -239,6 +256,7 @@ class H2Connection:
             return
         self.closed = True
         self._buf = b""
+        self._more.clear()
         self.out.append(frame(GOAWAY, 0, 0, _U32.pack(self.last_sid) + _U32.pack(code) + message.encode()[:256]))
         self.goaway_sent = True
 
@@ -354,21 +372,19 @@ class H2Connection:
         if flags & END_HEADERS:
             self._header_block(sid, flags, block)
         else:
-            self._continuation = (sid, flags, [block], len(block))
+            self._continuation = (sid, flags, bytearray(block))
 
     def _continuation_frame(self, flags: int, sid: int, payload: bytes) -> None:
         cont = self._continuation
         if cont is None or cont[0] != sid:
             raise ConnectionError_(PROTOCOL_ERROR, "unexpected CONTINUATION")
-        size = cont[3] + len(payload)
-        if size > MAX_HEADER_BLOCK:
+        block = cont[2]
+        if len(block) + len(payload) > MAX_HEADER_BLOCK:
             raise ConnectionError_(ENHANCE_YOUR_CALM, "header block too large")
-        cont[2].append(payload)
+        block += payload  # one buffer: endless empty CONTINUATION frames hold no memory
         if flags & END_HEADERS:
             self._continuation = None
-            self._header_block(sid, cont[1], b"".join(cont[2]))
-        else:
-            self._continuation = (sid, cont[1], cont[2], size)
+            self._header_block(sid, cont[1], bytes(block))
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         headers = self._decoder.decode(block)  # always: keeps the HPACK state in step
