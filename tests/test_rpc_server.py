@@ -587,3 +587,123 @@ def test_connection_with_too_much_unread_request_data_is_closed(monkeypatch) -> 
             assert await fresh.unary_unary("/test.T/Echo")(b"still serving", timeout=WAIT) == b"still serving"
 
     run(test)
+
+
+# ------------------------------------------------------------ hostile input
+def test_non_ascii_digits_in_grpc_timeout_are_malformed():
+    """"²" passes str.isdigit() but not int(): the exception escaped
+    data_received, logged a traceback and killed the client's connection."""
+    async def test(ch, state, server, port):
+        flags, got = await raw_request(port, _with(grpc_timeout="\u00b2S"), _msg(b"a"))
+        assert (flags & h2.END_STREAM, got["grpc-status"]) == (h2.END_STREAM, str(grpc.StatusCode.INTERNAL.value[0]))
+
+    run(test)
+
+
+def test_empty_header_name_is_not_metadata_and_the_call_is_served():
+    async def test(ch, state, server, port):
+        flags, got = await raw_request(port, REQUEST + [("", "x")], _msg(b"a"))
+        assert not flags & h2.END_STREAM and got[":status"] == "200"  # response headers: served
+
+    run(test)
+
+
+class _StubConnection:
+    """What a Call uses of its Connection, without a socket."""
+
+    def __init__(self, max_receive: int) -> None:
+        self.server = type("Server", (), {"max_receive": max_receive})()
+        self.unread = 0
+
+    def consumed(self, sid: int, n: int) -> None:
+        pass
+
+    def abandon(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
+def test_a_message_over_many_frames_is_not_copied_again_per_frame():
+    """A 4 MiB request in 64-byte DATA frames copied the partial message once a
+    frame: minutes of CPU for a few MiB sent. Partial bytes count as unread."""
+    from kvstore.rpc.server import Call
+
+    conn = _StubConnection(8 * MiB)
+    call = Call(conn, 1, "/test.T/Echo", _table(State()).handlers["/test.T/Echo"], (), None)
+    message = _msg(BIG[: 4 * MiB])
+    call.feed(message[:64], False)
+    partial = call.buf
+    for i in range(64, len(message) - 64, 64):
+        call.feed(message[i : i + 64], False)
+    assert call.buf is partial  # grown in place
+    assert conn.unread == i + 64  # every byte fed, held
+    call.feed(message[i + 64 :], False)
+    assert [m for m, _ in call.messages] == [BIG[: 4 * MiB]]
+
+
+def _gzip_msg(size: int) -> bytes:
+    import gzip
+
+    return _msg(gzip.compress(bytes(size)), 1)
+
+
+async def _raw_call(port: int, path: str, *data: bytes, extra=()) -> RawClient:
+    """A raw connection with one call on stream 1 (``data``: DATA payloads, the stream left open)."""
+    raw = await RawClient.connect(port)
+    await raw.handshake()
+    raw.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, raw.encoder.encode(_with(_path=path, **dict(extra)))),
+             *(h2.frame(h2.DATA, 0, 1, d) for d in data))
+    return raw
+
+
+@pytest.mark.parametrize("what, data", [
+    # 20 messages of 300 bytes, each 256 KiB once decompressed: unread counted 6 KB
+    ("gzip-bombs", [b"".join([_gzip_msg(256 << 10)] * 20)]),
+    # 100,000 empty messages: 500 KB on the wire, each a tuple and a deque slot held
+    ("empty-messages", [_msg(b"") * 100_000]),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_unread_counts_what_the_server_holds(monkeypatch, what, data):
+    from kvstore.rpc import server as rpc_server
+
+    monkeypatch.setattr(rpc_server, "UNREAD_LIMIT", 1 * MiB)
+
+    async def test(ch, state, server, port):
+        raw = await _raw_call(port, "/test.T/Hold", *data, extra={"grpc_encoding": "gzip"}.items())
+        assert _goaways(await raw.rest()) == [(1, h2.ENHANCE_YOUR_CALM)]
+        raw.close()
+
+    run(test)
+
+
+def test_partial_messages_count_as_unread(monkeypatch):
+    """Incomplete unary requests are held too: 10,000 streams of 4 MiB each
+    could hold 40 GB on one connection."""
+    from kvstore.rpc import server as rpc_server
+
+    monkeypatch.setattr(rpc_server, "UNREAD_LIMIT", 1 * MiB)
+
+    async def test(ch, state, server, port):
+        raw = await RawClient.connect(port)
+        await raw.handshake()
+        half = _msg(bytes(MiB))[: 512 << 10]
+        for sid in (1, 3, 5):
+            raw.send(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, raw.encoder.encode(REQUEST)),
+                     h2.frame(h2.DATA, 0, sid, half))
+        assert _goaways(await raw.rest()) == [(5, h2.ENHANCE_YOUR_CALM)]
+        raw.close()
+
+    run(test)
+
+
+def test_second_message_on_a_unary_call_fails_it_at_once():
+    """Not at END_STREAM: a unary call credits its bytes as they arrive, so
+    messages held until then were bounded by nothing but the connection limit."""
+    async def test(ch, state, server, port):
+        raw = await _raw_call(port, "/test.T/Echo", _msg(b"a") + _msg(b"b"))
+        f = await raw.frame()
+        while not (f.type == h2.HEADERS and f.sid == 1):
+            f = await raw.frame()
+        assert f.flags & h2.END_STREAM
+        assert dict(hpack.Decoder().decode(f.payload))["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+        raw.close()
+
+    run(test)

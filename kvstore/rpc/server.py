@@ -22,6 +22,7 @@ import socket
 import ssl
 import struct
 import zlib
+from collections import deque
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
@@ -37,6 +38,7 @@ _U32 = struct.Struct(">I")
 _PREFIX = struct.Struct(">BI")
 
 UNREAD_LIMIT = 64 << 20  # request bytes a connection may have received and its calls not yet read
+MESSAGE_COST = 100  # what holding one message costs beyond its payload (tuple, bytes and int headers)
 WRITE_HIGH = 1 << 20  # a streaming writer waits while this much of its output is queued
 TRANSPORT_LIMIT = 64 << 20  # a peer leaving this much unread is dropped
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3
@@ -95,7 +97,8 @@ def _code_number(code: grpc.StatusCode) -> int:
 
 def parse_timeout(value: str) -> float | None:
     """grpc-timeout: up to 8 digits and a unit (H M S m u n)."""
-    if len(value) < 2 or len(value) > 9 or not value[:-1].isdigit():
+    digits = value[:-1]
+    if len(value) < 2 or len(value) > 9 or not (digits.isascii() and digits.isdigit()):  # not "²": int() refuses it
         return None
     unit = _TIMEOUT_UNITS.get(value[-1])
     return None if unit is None else int(value[:-1]) * unit
@@ -104,7 +107,7 @@ def parse_timeout(value: str) -> float | None:
 def _metadata(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, Any], ...]:
     out: list[tuple[str, Any]] = []
     for k, v in headers:
-        if k[0] == ":" or k in _RESERVED:
+        if k.startswith(":") or k in _RESERVED:  # not k[0]: a header name may be empty
             continue
         if k.endswith("-bin"):
             try:
@@ -150,7 +153,7 @@ class Call:
     """One RPC on one stream; also its ``ServicerContext``."""
 
     __slots__ = (
-        "conn", "sid", "path", "method", "metadata", "deadline", "task", "timer", "buf", "messages", "waiter",
+        "conn", "sid", "path", "method", "metadata", "deadline", "task", "timer", "buf", "need", "messages", "waiter",
         "eof", "headers_sent", "finished", "cancelled_", "code_", "details_", "encoding", "callbacks",
     )
 
@@ -165,8 +168,9 @@ class Call:
         self.deadline: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.buf = b""
-        self.messages: list[tuple[bytes, int]] = []  # (payload, wire size) received, not yet read
+        self.buf = bytearray()  # the start of an incomplete message
+        self.need = 5  # bytes the incomplete message needs before parsing is worth trying
+        self.messages: deque[tuple[bytes, int]] = deque()  # (payload, wire size) received, not yet read
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False
         self.headers_sent = False
@@ -181,28 +185,7 @@ class Call:
         if self.finished:
             return
         if data:
-            buf = self.buf + data if self.buf else data
-            pos, n = 0, len(buf)
-            limit = self.conn.server.max_receive
-            while n - pos >= 5:
-                flag, length = _PREFIX.unpack_from(buf, pos)
-                if length > limit:
-                    self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"grpc: received message larger than max ({length} vs. {limit})")
-                    return
-                if n - pos - 5 < length:
-                    break
-                payload = buf[pos + 5 : pos + 5 + length]
-                if flag:
-                    payload = self._decompress(payload)
-                    if payload is None:
-                        return
-                self.messages.append((payload, length + 5))
-                self.conn.unread += length + 5
-                pos += 5 + length
-            self.buf = buf[pos:] if pos < n else b""
-            if self.conn.unread > UNREAD_LIMIT:
-                self.conn.abandon(f"client sent more than {UNREAD_LIMIT} bytes of requests not yet read")
+            if not self._parse(data):
                 return
             if not self.method.request_streaming and not end:
                 self.conn.consumed(self.sid, len(data))  # bounded by the message size check
@@ -219,6 +202,64 @@ class Call:
             self.start(_Requests(self))
         if self.waiter is not None and not self.waiter.done() and (self.messages or self.eof):
             self.waiter.set_result(None)
+
+    def _parse(self, data: bytes) -> bool:
+        """Split request bytes into messages; False if that ended the call or the connection.
+
+        ``conn.unread`` counts what is held: the incomplete message, and each
+        message as decompressed plus its bookkeeping (a gzip bomb or a flood of
+        empty messages holds far more than its bytes on the wire)."""
+        conn = self.conn
+        held = self.buf
+        if held:
+            held += data  # a message over many frames is copied once, not once a frame
+            conn.unread += len(data)
+            if len(held) < self.need:
+                return self._within_limit()
+            conn.unread -= len(held)  # counted again below, as messages and the rest
+            self.buf = bytearray()
+            buf: bytes | bytearray = held
+        else:
+            buf = data
+        pos, n = 0, len(buf)
+        limit = conn.server.max_receive
+        while n - pos >= 5:
+            flag, length = _PREFIX.unpack_from(buf, pos)
+            if length > limit:
+                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"grpc: received message larger than max ({length} vs. {limit})")
+                return False
+            if n - pos - 5 < length:
+                break
+            payload: bytes | None = bytes(buf[pos + 5 : pos + 5 + length])
+            pos += 5 + length
+            if flag:
+                payload = self._decompress(payload)
+                if payload is None:
+                    return False
+            if self.messages and not self.method.request_streaming:
+                self.fail(grpc.StatusCode.INTERNAL,
+                          "grpc: the client sent more than one request message on a unary call")
+                return False
+            self.messages.append((payload, length + 5))
+            conn.unread += len(payload) + MESSAGE_COST
+            if not self._within_limit():
+                return False
+        if pos < n:
+            if buf is held:
+                del held[:pos]
+                self.buf = held
+            else:
+                self.buf = bytearray(memoryview(buf)[pos:])
+            self.need = 5 + _PREFIX.unpack_from(self.buf)[1] if len(self.buf) >= 5 else 5
+            conn.unread += len(self.buf)
+        return self._within_limit()
+
+    def _within_limit(self) -> bool:
+        if self.conn.unread <= UNREAD_LIMIT:
+            return True
+        self.conn.abandon(f"client sent more than {UNREAD_LIMIT} bytes of requests not yet read")
+        return False
 
     def _decompress(self, payload: bytes) -> bytes | None:
         enc = self.encoding
@@ -242,13 +283,11 @@ class Call:
         return out
 
     def _start_unary_request(self) -> None:
-        if len(self.messages) != 1:
-            self.fail(grpc.StatusCode.INTERNAL,
-                      "grpc: the client sent no request message" if not self.messages
-                      else "grpc: the client sent more than one request message on a unary call")
+        if not self.messages:  # more than one is refused as it arrives
+            self.fail(grpc.StatusCode.INTERNAL, "grpc: the client sent no request message")
             return
-        payload, size = self.messages.pop()
-        self.conn.unread -= size
+        payload, _ = self.messages.popleft()
+        self.conn.unread -= len(payload) + MESSAGE_COST
         try:
             request = self.method.request_deserializer(payload)
         except Exception as e:
@@ -266,8 +305,8 @@ class Call:
                 await self.waiter
             finally:
                 self.waiter = None
-        payload, size = self.messages.pop(0)
-        self.conn.unread -= size
+        payload, size = self.messages.popleft()  # a deque: a backlog of tiny messages is read in linear time
+        self.conn.unread -= len(payload) + MESSAGE_COST
         self.conn.consumed(self.sid, size)
         try:
             return self.method.request_deserializer(payload)
@@ -333,9 +372,10 @@ class Call:
             self.conn.h2.send_headers(self.sid, block, end_stream=True)
             self.conn.want_flush()
         self.conn.calls.pop(self.sid, None)
-        if self.messages:
-            self.conn.unread -= sum(size for _, size in self.messages)
+        if self.messages or self.buf:
+            self.conn.unread -= sum(len(p) + MESSAGE_COST for p, _ in self.messages) + len(self.buf)
             self.messages.clear()
+            self.buf = bytearray()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
         if self.callbacks:
