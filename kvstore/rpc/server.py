@@ -37,7 +37,9 @@ log = logging.getLogger("kvstore.rpc")
 _U32 = struct.Struct(">I")
 _PREFIX = struct.Struct(">BI")
 
-UNREAD_LIMIT = 64 << 20  # request bytes a connection may have received and its calls not yet read
+# Request bytes a connection may hold that its calls have not read yet (partial
+# messages included): above 64 clients x 1.5 MiB Puts arriving at once on one connection.
+UNREAD_LIMIT = 256 << 20
 MESSAGE_COST = 100  # what holding one message costs beyond its payload (tuple, bytes and int headers)
 WRITE_HIGH = 1 << 20  # a streaming writer waits while this much of its output is queued
 TRANSPORT_LIMIT = 64 << 20  # a peer leaving this much unread is dropped
