@@ -278,3 +278,42 @@ def test_late_ticker_drops_the_lease() -> None:
     fake._lease_reads = False
     RaftNode._check_clock(fake)
     assert calls == ["stalled"]
+
+
+def test_small_batches_sync_on_the_loop_large_ones_on_the_storage_thread() -> None:
+    """A Ready of a few entries is synced inline (handing it to the storage
+    thread and back costs more wake-up latency than the fsync); a large batch
+    goes to the storage thread so the loop keeps serving meanwhile."""
+    import threading
+
+    class ThreadedStorage(CountingStorage):
+        thread_safe = True
+
+        def __init__(self, voters):
+            super().__init__(voters)
+            self.where: list[tuple[int, bool]] = []  # (entries, on the loop thread) per synced save
+
+        def save(self, hard_state, entries, snapshot, sync=True):
+            if sync and entries:
+                self.where.append((len(entries), threading.current_thread() is threading.main_thread()))
+            super().save(hard_state, entries, snapshot, sync)
+
+    async def main() -> None:
+        st = ThreadedStorage([1])
+        machine = ListMachine()
+        node = RaftNode(Config(1, election_tick=10, rng=random.Random(1)), st, machine, Net().transport(1),
+                        NodeOptions(tick_interval=0.01, inline_sync_entries=4))
+        await node.start()
+        await wait_until(lambda: node.is_leader, "a one-member leader")
+        st.where.clear()
+        node.propose(b"one")
+        await wait_until(lambda: machine.data[-1:] == [b"one"], "applied")
+        for k in range(50):
+            node.propose(b"v%d" % k)
+        await wait_until(lambda: machine.data[-1:] == [b"v49"], "applied")
+        await node.stop()
+        assert st.where[0] == (1, True)
+        assert any(n > 4 and not on_loop for n, on_loop in st.where)
+        assert all(on_loop == (n <= 4) for n, on_loop in st.where)
+
+    asyncio.run(main())
