@@ -127,9 +127,10 @@ _FLAGS: list[tuple[str, str, str]] = [
         "experimental-lease-read",
         "bool",
         # "%%": argparse %-formats help texts.
-        "serve linearizable reads on the leader's lease (no heartbeat round per read); safe only if "
-        f"the members' clock rates differ by at most {int(LEASE_CLOCK_DRIFT * 100)}%% (a late tick, "
-        "e.g. a stalled or paused process, is detected and ends the lease until the next heartbeat round)",
+        "serve linearizable reads on the leader's lease (no heartbeat round per read); set it on every "
+        "member with the same --heartbeat-interval/--election-timeout; safe only if the members' clock "
+        f"rates differ by at most {int(LEASE_CLOCK_DRIFT * 100)}%% (a late tick, e.g. a stalled or "
+        "paused process, is detected and ends the lease; a suspended VM is not)",
     ),
 ]
 

@@ -99,7 +99,6 @@ class KvServer:
         try:
             os.makedirs(self.member_dir, exist_ok=True)
             os.makedirs(os.path.join(self.member_dir, "snap"), exist_ok=True)
-            _remove_transient_snapshot_files(os.path.join(self.member_dir, "snap"))
             probe = os.path.join(self.member_dir, ".write-test")
             with open(probe, "wb") as f:
                 f.write(b"ok")
@@ -110,6 +109,9 @@ class KvServer:
             raft_store = LmdbStorage(os.path.join(self.member_dir, "raft"))
         except Exception as e:
             raise DataDirError(f"raft log in {self.cfg.data_dir!r} is unusable: {e}") from None
+        # Only now, holding the raft log's lock: a second process started on a
+        # live data directory must not delete the running member's files.
+        _remove_transient_snapshot_files(os.path.join(self.member_dir, "snap"))
         try:
             kv = MvccStore(
                 os.path.join(self.member_dir, "kv"),

@@ -309,9 +309,8 @@ class CertSource:
             try:
                 self.refresh()
                 if current[1] != self.version:
-                    version = self.version
+                    current[1] = self.version  # tried once per version: logged once if it fails
                     current[0] = self._build_ssl_context(alpn)
-                    current[1] = version
                 if current[0] is not base:
                     sslobj.context = current[0]
             except Exception as e:

@@ -96,8 +96,10 @@ class Config:
         ``election_tick`` of its ticks after that heartbeat reached it: at
         least ``election_tick - 1`` of its tick periods (the first tick may
         follow at once), which last at least ``(election_tick - 1) * (1 -
-        drift)`` of the leader's; this is no longer."""
-        return int(self.election_tick * (1 - self.max_clock_drift)) - 1
+        drift)`` of the leader's. Less half a tick: the driver reports a
+        tick late by more than half a period (raft.node), so a read may see
+        a tick count that far behind."""
+        return int((self.election_tick - 1) * (1 - self.max_clock_drift) - 0.5)
 
 
 class _PendingRead:
@@ -652,8 +654,11 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(min(m.commit, self.log.last_index()))
-        # ``index`` echoes the leader's send tick (see Raft._ticks).
-        self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, index=m.index, context=m.context))
+        # ``index`` echoes the leader's send tick (see Raft._ticks), only from a
+        # member that holds its vote for the lease (_votes_held): a member
+        # without lease reads must not count towards one.
+        index = m.index if self._lease_reads else 0
+        self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, index=index, context=m.context))
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -962,8 +967,10 @@ class Raft:
         """The driver's ticks fell behind real time (a stalled event loop, a
         paused process): heartbeats acknowledged so far may have been sent
         longer ago than their tick numbers say. The lease starts again from
-        heartbeats sent from now on; reads meanwhile take a heartbeat round."""
-        if self._lease_reads and self._hb_acked:
+        heartbeats sent from now on (even with no acknowledgement counted yet:
+        answers still in flight must not count); reads meanwhile take a
+        heartbeat round."""
+        if self._lease_reads:
             self._ticks += 1
             self._lease_floor = self._ticks
             self._hb_acked.clear()

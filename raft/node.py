@@ -41,6 +41,11 @@ from .types import (
 log = logging.getLogger("raft.node")
 
 _EARLY_TYPES = (MsgType.APP, MsgType.HEARTBEAT)
+# Inline syncs (NodeOptions.inline_sync_entries) only while a synced save takes
+# less than this on average: a slow disk must not freeze the loop (client
+# API, heartbeats) for each small write.
+INLINE_SYNC_MAX_SECONDS = 0.002
+
 # A ReadIndex round unanswered after this many ticks (its request or answer
 # was lost, or the leader dropped it) is asked again (etcd 3.5: 500 ms).
 READ_RETRY_TICKS = 5
@@ -70,6 +75,13 @@ class Transport(Protocol):
     def send(self, messages: list[Message]) -> None: ...
 
 
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as e:
+        log.warning("cannot remove the received snapshot %s: %s", path, e.strerror)
+
+
 class SnapshotStore(LogStorage, LogWriter, Protocol):
     pass
 
@@ -81,9 +93,10 @@ class NodeOptions:
     catch_up_entries: int = 5_000  # entries kept after a compaction for slow followers
     observe_fsync: Callable[[float], None] | None = None  # seconds per log fsync (metrics)
     # A Ready with at most this many entries is written and synced on the loop
-    # thread: handing it to the storage thread and back costs ~170 us of wake-up
-    # latency on an idle VM (more than the fsync), which only pays off when a
-    # large batch leaves the loop real work to do meanwhile.
+    # thread (while syncs are fast, see INLINE_SYNC_MAX_SECONDS): handing it to
+    # the storage thread and back costs ~170 us of wake-up latency on an idle
+    # VM (more than the fsync), which only pays off when a large batch leaves
+    # the loop real work to do meanwhile.
     inline_sync_entries: int = 4
     # A Ready that cannot be persisted or applied (failed fsync, full log
     # store, a state machine error) cannot be skipped: the loop stops and this
@@ -158,6 +171,7 @@ class RaftNode:
         hard, _ = storage.initial_state()
         self._durable_term_vote = (hard.term, hard.vote)
         self._lease_reads = config.read_only == ReadOnlyOption.LEASE_BASED
+        self._sync_time = 0.0  # moving average of a synced save, seconds
         self._tick_due = float("inf")  # when the ticker's next tick is due (set once it runs)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -253,10 +267,22 @@ class RaftNode:
         self._wake.set()
 
     def step_snapshot(self, msg: Message, data_path: str) -> None:
-        """A MsgSnap whose application data the transport saved at ``data_path``."""
-        if msg.snapshot is not None:
-            self._received_snapshots[msg.snapshot.meta.index] = data_path
+        """A MsgSnap whose application data the transport saved at ``data_path``.
+        The file is the state machine's once handed to ``restore``; one the
+        core does not take (stale, duplicate) is removed here."""
+        if msg.snapshot is None:
+            _remove(data_path)
+            return
+        index = msg.snapshot.meta.index
+        previous = self._received_snapshots.pop(index, None)
+        if previous is not None and previous != data_path:
+            _remove(previous)
+        self._received_snapshots[index] = data_path
         self.step(msg)
+        pending = self.raft.log.unstable_snapshot
+        if pending is None or pending.meta.index != index:
+            self._received_snapshots.pop(index, None)
+            _remove(data_path)
 
     def report_unreachable(self, node: int) -> None:
         self.raft.report_unreachable(node)
@@ -276,8 +302,12 @@ class RaftNode:
             self._tick_due = deadline
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             self._check_clock()
-            if loop.time() - deadline > 5 * interval:
-                deadline = loop.time()  # we were paused (SIGSTOP): don't burst ticks
+            late = loop.time() - deadline
+            # Paused (SIGSTOP): don't burst the owed ticks. With lease reads
+            # never: a follower's burst would shorten the time it holds its
+            # vote after a heartbeat (a slow clock is the safe side there).
+            if late > 5 * interval or (self._lease_reads and late > interval / 2):
+                deadline = loop.time()
             self.raft.tick()
             self._age_read_round()
             self._wake.set()
@@ -401,16 +431,19 @@ class RaftNode:
         start = time.monotonic()
         if (
             not rd.must_sync
-            or len(rd.entries) <= self.opts.inline_sync_entries
             or not getattr(self.storage, "thread_safe", False)
+            or (len(rd.entries) <= self.opts.inline_sync_entries and self._sync_time < INLINE_SYNC_MAX_SECONDS)
         ):
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
         else:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._io, self.storage.save, rd.hard_state, rd.entries, rd.snapshot, True)
         self._note_durable(rd)
-        if rd.must_sync and self.opts.observe_fsync is not None:
-            self.opts.observe_fsync(time.monotonic() - start)
+        if rd.must_sync:
+            took = time.monotonic() - start
+            self._sync_time += (took - self._sync_time) / 8  # a moving average: a slow disk stops inline syncs
+            if self.opts.observe_fsync is not None:
+                self.opts.observe_fsync(took)
 
     async def _handle_ready(self) -> None:
         rd = self.raft.ready()
@@ -423,6 +456,8 @@ class RaftNode:
             # machine ahead of the log, which replay tolerates; the reverse
             # would leave a gap nothing can fill.
             self.sm.restore(snap, self._received_snapshots.pop(snap.meta.index, None))
+            for index in [i for i in self._received_snapshots if i <= snap.meta.index]:
+                _remove(self._received_snapshots.pop(index))
             log.info("restored state from snapshot at index %d term %d", snap.meta.index, snap.meta.term)
             self._conf_history = [(snap.meta.index, snap.meta.conf_state)]
             self._snapshot_index = snap.meta.index
@@ -431,6 +466,9 @@ class RaftNode:
             early, late = await self._send_failpoint(early), await self._send_failpoint(late)
         if early:
             self.transport.send(early)
+            # Let the senders write them before a sync on this thread blocks
+            # the loop: followers persist in parallel with us (§10.2.1).
+            await asyncio.sleep(0)
         try:
             if _fp.ENABLED:
                 await self._persist_with_failpoints(rd)
@@ -451,6 +489,7 @@ class RaftNode:
             self._set_applied(snap.meta.index)
         for rs in rd.read_states:
             self._finish_read_round(rs.request_ctx, rs.index)
+        self._check_clock()  # advance may answer reads waiting for this term's first commit
         self.raft.advance(rd)
         self._maybe_compact()
 

@@ -317,3 +317,25 @@ def test_small_batches_sync_on_the_loop_large_ones_on_the_storage_thread() -> No
         assert all(on_loop == (n <= 4) for n, on_loop in st.where)
 
     asyncio.run(main())
+
+
+def test_a_snapshot_the_core_does_not_take_has_its_file_removed(tmp_path) -> None:
+    """The transport saves a received snapshot's data to a file; one the core
+    ignores (here: a leader takes no snapshot) is removed at once, not kept
+    until a restart."""
+    from raft.types import ConfState, SnapshotMeta
+
+    async def main() -> None:
+        node = RaftNode(Config(1, election_tick=10, rng=random.Random(1)), CountingStorage([1]), ListMachine(),
+                        Net().transport(1), NodeOptions(tick_interval=0.01))
+        await node.start()
+        await wait_until(lambda: node.is_leader, "a one-member leader")
+        data = tmp_path / "stale.snap"
+        data.write_bytes(b"state")
+        stale = Message(MsgType.SNAP, to=1, frm=2, term=node.raft.term,
+                        snapshot=Snapshot(SnapshotMeta(100, 1, ConfState((1, 2))), b""))
+        node.step_snapshot(stale, str(data))
+        await node.stop()
+        assert not data.exists()
+
+    asyncio.run(main())
