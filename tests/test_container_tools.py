@@ -385,6 +385,10 @@ def test_lock_and_elect_without_a_command_hold_until_interrupted(cluster, procs,
     with Client(cluster.endpoints) as c:
         wait_until(lambda: c.get_prefix(name + "/lock/").count == 1, what="the lock key")
         wait_until(lambda: (kv := c.leader(name + "/el")) is not None and kv.value == b"me", what="the leader")
+        # As a script would: interrupt once each says what it holds (the key
+        # is in the store a moment before the process knows it holds it).
+        wait_until(lambda: open(lk.log_path).read().endswith("\n"), what="the lock's output")  # type: ignore[attr-defined]
+        wait_until(lambda: open(el.log_path).read().endswith("me\n"), what="the leader's output")  # type: ignore[attr-defined]
         for p in (lk, el):
             p.send_signal(signal.SIGINT)
             assert p.wait(20) == 0
