@@ -34,7 +34,6 @@ from . import h2
 
 log = logging.getLogger("kvstore.rpc")
 
-_U32 = struct.Struct(">I")
 _PREFIX = struct.Struct(">BI")
 
 # Request bytes a connection may hold that its calls have not read yet (partial
@@ -103,7 +102,7 @@ def parse_timeout(value: str) -> float | None:
     if len(value) < 2 or len(value) > 9 or not (digits.isascii() and digits.isdigit()):  # not "²": int() refuses it
         return None
     unit = _TIMEOUT_UNITS.get(value[-1])
-    return None if unit is None else int(value[:-1]) * unit
+    return None if unit is None else int(digits) * unit
 
 
 def _metadata(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, Any], ...]:
@@ -123,13 +122,6 @@ def _metadata(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, Any], ...]
 
 class _Aborted(grpc.aio.AbortError):
     """Raised by ``abort``: the status is already recorded on the call."""
-
-
-class _Status(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _Requests:
@@ -328,7 +320,8 @@ class Call:
                 if self.finished:
                     return
                 if resp is None:
-                    raise _Status(grpc.StatusCode.INTERNAL, "kvstore: the handler returned no response")
+                    self.finish(grpc.StatusCode.INTERNAL, "kvstore: the handler returned no response")
+                    return
                 self._send_message(m.response_serializer(resp))
             else:
                 fn = m.unary_stream if not m.request_streaming else m.stream_stream
@@ -341,8 +334,6 @@ class Call:
             self.finish(self.code_ or grpc.StatusCode.OK, self.details_)
         except _Aborted:
             self.finish(self.code_ or grpc.StatusCode.UNKNOWN, self.details_)
-        except _Status as e:
-            self.finish(e.code, e.message)
         except asyncio.CancelledError:
             if not self.cancelled_ and not self.finished:
                 self.finish(grpc.StatusCode.CANCELLED, "kvstore: the call was cancelled")
@@ -419,7 +410,7 @@ class Call:
         self._send_message(self.method.response_serializer(message))
         conn = self.conn
         while not self.finished and (conn.h2.queued(self.sid) > WRITE_HIGH or conn.paused):
-            await conn.writable(self)
+            await conn.writable()
         if self.finished and self.cancelled_:
             raise asyncio.CancelledError()
 
@@ -474,12 +465,10 @@ class Call:
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self.finished:
             callback(self)
-        else:
-            (self.callbacks if self.callbacks is not None else self._new_callbacks()).append(callback)
-
-    def _new_callbacks(self) -> list[Callable[[Any], None]]:
-        self.callbacks = []
-        return self.callbacks
+            return
+        if self.callbacks is None:
+            self.callbacks = []
+        self.callbacks.append(callback)
 
 
 # ----------------------------------------------------------------- connection
@@ -562,7 +551,8 @@ class Connection(asyncio.Protocol):
         self.h2.consumed(sid, n)
         self.want_flush()
 
-    async def writable(self, call: Call) -> None:
+    async def writable(self) -> None:
+        """Until a stream's queue drains or the transport resumes writing."""
         fut = self.loop.create_future()
         self._writers.append(fut)
         await fut
