@@ -93,7 +93,8 @@ def run(system: str | None = None, duration: float = 60, nodes: int = 3, nemesis
         reference = wl.read_all_events(lead.endpoint, start_rev, end_rev) if end_rev >= start_rev else []
         for w in watchers:
             if not w.wait_for(end_rev, 30):
-                result.problems.append(f"watcher {w.ident} stuck at revision {w.last_revision} < {end_rev}")
+                result.problems.append(f"watcher {w.ident} stuck at revision {w.last_revision} < {end_rev}; "
+                                       f"its streams: {'; '.join(w.trail[-6:])}")
             w.stop()
         records = load.records
         wl.dump_history(records, os.path.join(cluster.run_dir, "history.jsonl"))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent import futures
+
+import grpc
+
 from tests.faults.workload import (
-    Record, WatchEvent, Watcher, check_durability, check_linearizable, check_watchers,
+    Conn, Record, WatchEvent, Watcher, check_durability, check_linearizable, check_watchers,
 )
 
 
@@ -64,3 +68,26 @@ def test_unknown_ops_may_or_may_not_count() -> None:
     # An acknowledged read of a value nobody wrote is not linearizable.
     records.append(rec("get", {"key": "a"}, "nobody", rev=6, t=9))
     assert check_linearizable(records, 10).status == "illegal"
+
+
+def test_connection_is_used_again_after_its_server_restarts() -> None:
+    """A member restarted at the same address is reachable again: a channel
+    whose server went away turns IDLE, and the watchers and clients only use
+    ready connections (a watcher once waited on three IDLE channels forever)."""
+    def serve(port: int) -> tuple[grpc.Server, int]:
+        s = grpc.server(futures.ThreadPoolExecutor(1))
+        bound = s.add_insecure_port(f"127.0.0.1:{port}")
+        s.start()
+        return s, bound
+
+    server, port = serve(0)
+    conn = Conn(f"127.0.0.1:{port}")
+    try:
+        assert conn.ready(5)
+        server.stop(0).wait()
+        assert not conn.ready(1)  # noticed the loss, and the channel is now IDLE
+        server, _ = serve(port)
+        assert conn.ready(5)
+    finally:
+        server.stop(0)
+        conn.close()

@@ -107,8 +107,18 @@ class Conn:
             self._ready.clear()
 
     def ready(self, timeout: float) -> bool:
-        """True once connected (waiting up to ``timeout``)."""
-        return self._ready.wait(timeout)
+        """True once connected (waiting up to ``timeout``). A channel whose
+        server went away turns IDLE and stays so until asked to connect (a
+        restarted member would never be used again): waiting asks."""
+        if self._ready.is_set():
+            return True
+        fut = grpc.channel_ready_future(self.channel)  # subscribes with try_to_connect
+        try:
+            fut.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            fut.cancel()
+            return False
+        return True
 
     def close(self) -> None:
         self.channel.unsubscribe(self._on_state)
@@ -296,6 +306,7 @@ class Watcher:
         self.events: list[WatchEvent] = []
         self.reconnects = 0
         self.errors: list[str] = []
+        self.trail: list[str] = []  # where it watched from and why it left: for a stuck watcher's report
         self.problems: list[str] = []   # protocol violations seen live
         self._stop = threading.Event()
         self._call: Any = None
@@ -344,6 +355,7 @@ class Watcher:
                 req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
                     key=prefix, range_end=range_end(prefix), start_revision=self.next_rev))
                 call = rpc_pb2_grpc.WatchStub(ch).Watch(_Requests(req, done))
+                self.trail.append(f"{time.monotonic():.3f} {name} from {self.next_rev}")
                 with self._lock:
                     self._call = call
                 if self._stop.is_set():
@@ -356,6 +368,7 @@ class Watcher:
             except grpc.RpcError as e:
                 if not self._stop.is_set():
                     self.errors.append(f"{name}: {e.code().name}")  # type: ignore[attr-defined]
+                    self.trail.append(f"{time.monotonic():.3f} {name}: {e.code().name} {e.details()}")  # type: ignore[attr-defined]
             finally:
                 done.set()
             if not self._stop.is_set():
