@@ -208,6 +208,28 @@ def test_decreasing_stream_id_is_a_connection_error():
     assert conn.closed and rec.events == []
 
 
+def test_headers_on_a_stream_we_reset_are_ignored():
+    """Our status ends the stream with RST_STREAM(NO_ERROR); trailers the
+    client sent before it saw that are ignored, not a connection error."""
+    conn, rec, enc = connect()
+    open_stream(conn, rec, enc, 1)
+    conn.send_headers(1, b"status", end_stream=True)
+    assert [(f.type, struct.unpack(">I", f.payload)[0]) for f in sent(conn) if f.type == h2.RST_STREAM] == [
+        (h2.RST_STREAM, h2.NO_ERROR)]
+    conn.feed(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, enc.encode([("grpc-status", "0")])))
+    assert sent(conn) == [] and not conn.closed and rec.events == []
+    open_stream(conn, rec, enc, 3)  # the HPACK state stayed in step
+
+
+def test_headers_on_a_stream_the_client_ended_reset_that_stream_only():
+    conn, rec, enc = connect()
+    open_stream(conn, rec, enc, 1, end_stream=True)
+    conn.feed(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, 1, enc.encode([("x", "y")])))
+    assert [(f.type, f.sid, f.payload) for f in sent(conn)] == [(h2.RST_STREAM, 1, u32(h2.STREAM_CLOSED))]
+    assert rec.take() == [("reset", 1, h2.STREAM_CLOSED)] and not conn.closed
+    open_stream(conn, rec, enc, 3)
+
+
 @pytest.mark.parametrize("table_size", [None, 50])  # 50: one entry fits, so adding one evicts the other
 def test_identical_header_blocks_decode_by_the_current_dynamic_table(table_size):
     conn, rec, _ = connect()

@@ -286,6 +286,16 @@ def test_client_stream_beyond_the_stream_window():
     run(test)
 
 
+# Messages of a client stream each larger than the stream window: a message
+# in progress is credited as it arrives (else it could never complete).
+def test_client_stream_of_messages_beyond_the_stream_window():
+    async def test(ch, state, server, port):
+        msgs = [b"z" * (100 << 10), BIG, BIG]
+        assert await ch.stream_unary("/test.T/Total")(iter(msgs), timeout=10) == str(sum(map(len, msgs))).encode()
+
+    run(test, options=BIG_CHANNEL, max_receive_message_length=8 * MiB)
+
+
 def test_client_stream_within_the_window():
     async def test(ch, state, server, port):
         msgs = [bytes([i]) * (i * 100) for i in range(30)]

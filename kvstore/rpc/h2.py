@@ -64,6 +64,7 @@ DEFAULT_FRAME_SIZE = 16384
 # What we offer. Windows are large so a 1.5 MiB Put needs no round trip.
 MAX_FRAME_SIZE = 1 << 20
 STREAM_WINDOW = 4 << 20
+RESET_MEMORY = 1024  # streams we reset whose late frames are still ignored (RFC 9113 §5.1 "closed")
 CONN_WINDOW = 16 << 20
 MAX_HEADER_BLOCK = 1 << 20  # a header block (HEADERS + CONTINUATION) larger than this ends the connection
 MAX_CONCURRENT_STREAMS = 10_000
@@ -179,6 +180,7 @@ class H2Connection:
         self.peer_max_frame = DEFAULT_FRAME_SIZE
         self.send_window = DEFAULT_WINDOW
         self._blocked: dict[int, _Stream] = {}  # streams whose queue waits for window
+        self._reset_sids: dict[int, None] = {}  # the latest streams we sent RST_STREAM on
         # Inbound
         self._recv_unacked = 0  # connection-level bytes received and not yet credited back
         self._continuation: tuple[int, int, bytearray] | None = None  # (sid, flags, the block so far)
@@ -391,8 +393,10 @@ class H2Connection:
         end = bool(flags & END_STREAM)
         st = self.streams.get(sid)
         if st is not None:  # trailers from the client: must end the stream
-            if st.remote_closed:
-                raise ConnectionError_(STREAM_CLOSED, "HEADERS on a half-closed stream")
+            if st.remote_closed:  # the client already ended it
+                self.reset(sid, STREAM_CLOSED)
+                self.handler.on_reset(sid, STREAM_CLOSED)
+                return
             if not end:
                 raise ConnectionError_(PROTOCOL_ERROR, "trailers without END_STREAM")
             st.remote_closed = True
@@ -400,13 +404,15 @@ class H2Connection:
                 self._forget(st)
             self.handler.on_data(sid, b"", True)
             return
+        if sid in self._reset_sids:
+            return  # sent before our RST_STREAM reached the client: ignored, as the RFC asks
         if sid % 2 == 0 or sid <= self.last_sid:
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on a closed or invalid stream id")
         self.last_sid = sid
         if self.goaway_sent:
             return  # above the last stream we promised to serve: ignored
         if len(self.streams) >= self.max_concurrent:
-            self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(REFUSED_STREAM)))
+            self._send_reset(sid, REFUSED_STREAM)
             return
         st = _Stream(sid, self.peer_initial_window)
         st.remote_closed = end
@@ -513,7 +519,7 @@ class H2Connection:
             self._forget(st)
         else:
             # grpc-go: the status is final, whatever the client still sends is not read.
-            self.out.append(frame(RST_STREAM, 0, st.sid, _U32.pack(NO_ERROR)))
+            self._send_reset(st.sid, NO_ERROR)
             st.remote_closed = True
             self._forget(st)
 
@@ -586,7 +592,14 @@ class H2Connection:
         if st is None:
             return
         self._blocked.pop(sid, None)
+        self._send_reset(sid, code)
+
+    def _send_reset(self, sid: int, code: int) -> None:
         self.out.append(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        recent = self._reset_sids
+        recent[sid] = None
+        if len(recent) > RESET_MEMORY:
+            del recent[next(iter(recent))]
 
     def goaway(self) -> None:
         """Graceful shutdown: no stream above the last seen one will be served."""

@@ -148,7 +148,7 @@ class Call:
 
     __slots__ = (
         "conn", "sid", "path", "method", "metadata", "deadline", "task", "timer", "buf", "need", "messages", "waiter",
-        "eof", "headers_sent", "finished", "cancelled_", "code_", "details_", "encoding", "callbacks",
+        "eof", "headers_sent", "finished", "cancelled_", "code_", "details_", "encoding", "callbacks", "prepaid",
     )
 
     def __init__(self, conn: "Connection", sid: int, path: str, method: grpc.RpcMethodHandler,
@@ -164,6 +164,7 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None
         self.buf = bytearray()  # the start of an incomplete message
         self.need = 5  # bytes the incomplete message needs before parsing is worth trying
+        self.prepaid = 0  # bytes of the incomplete message already credited back (see _prepay)
         self.messages: deque[tuple[bytes, int]] = deque()  # (payload, wire size) received, not yet read
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False
@@ -209,6 +210,7 @@ class Call:
             held += data  # a message over many frames is copied once, not once a frame
             conn.unread += len(data)
             if len(held) < self.need:
+                self._prepay()
                 return self._within_limit()
             conn.unread -= len(held)  # counted again below, as messages and the rest
             self.buf = bytearray()
@@ -235,7 +237,8 @@ class Call:
                 self.fail(grpc.StatusCode.INTERNAL,
                           "grpc: the client sent more than one request message on a unary call")
                 return False
-            self.messages.append((payload, length + 5))
+            self.messages.append((payload, length + 5 - self.prepaid))
+            self.prepaid = 0
             conn.unread += len(payload) + MESSAGE_COST
             if not self._within_limit():
                 return False
@@ -247,7 +250,19 @@ class Call:
                 self.buf = bytearray(memoryview(buf)[pos:])
             self.need = 5 + _PREFIX.unpack_from(self.buf)[1] if len(self.buf) >= 5 else 5
             conn.unread += len(self.buf)
+            self._prepay()
         return self._within_limit()
+
+    def _prepay(self) -> None:
+        """On a streaming call, credit a message in progress as it arrives:
+        stream credit otherwise comes back as messages are read, and a
+        message larger than the credit left would never complete. What is
+        held stays bounded: one message (at most the size limit) plus a window."""
+        if self.method.request_streaming:
+            n = len(self.buf) - self.prepaid
+            if n > 0:
+                self.prepaid += n
+                self.conn.consumed(self.sid, n)
 
     def _within_limit(self) -> bool:
         if self.conn.unread <= UNREAD_LIMIT:
