@@ -151,6 +151,7 @@ async def serve(cfg: ServerConfig) -> int:
 
     # Our own HTTP/2 server (kvstore.rpc): grpc.aio's costs several times more CPU per call.
     grpc_server = RpcServer(max_receive_message_length=cfg.max_request_bytes + GRPC_OVERHEAD)
+    server.metrics.client_traffic = grpc_server
     runner: web.AppRunner | None = None
     try:
         try:

@@ -8,9 +8,9 @@ prometheus_client Counter takes a lock per increment.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # etcd's buckets: 1 ms .. 8 s (wal fsync), 1 ms .. 8 s (backend commit).
 _DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
+_RTT_BUCKETS = tuple(0.0001 * 2**i for i in range(16))  # etcd's: 0.1 ms .. 3.3 s
 
 disable_created_metrics()  # etcd exposes no *_created series
 
@@ -39,8 +40,20 @@ class Metrics:
             buckets=_DISK_BUCKETS,
             registry=self.registry,
         )
+        self.peer_rtt = Histogram(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-Trip-Time histogram between peers",
+            ["To"],
+            buckets=_RTT_BUCKETS,
+            registry=self.registry,
+        )
         self._rpcs: dict[tuple[str, str, str], RpcCounts] = {}
         self.registry.register(_RpcCollector(self._rpcs))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes etc., as etcd's Go client has
+        self.client_traffic: Any = None  # what counts gRPC client bytes (kvstore.rpc.RpcServer)
+
+    def observe_peer_rtt(self, peer_id: int, seconds: float) -> None:
+        self.peer_rtt.labels(f"{peer_id:x}").observe(seconds)
 
     def rpc_counts(self, service: str, method: str, kind: str = "unary") -> "RpcCounts":
         """The counters of one method; callers keep it and bump its fields."""
@@ -178,3 +191,40 @@ class _ServerCollector:
         for a in s.applier.alarms.alarms:
             alarms.add_metric([f"{a.memberID:x}", str(a.alarm)], 1)
         yield alarms
+        yield from _network(s)
+
+
+def _network(s: "KvServer") -> Iterator[Metric]:
+    """etcd's etcd_network_* families: gRPC client bytes, and per peer the
+    transport's counters (labels are member ids in hex, as etcd's)."""
+    traffic = s.metrics.client_traffic
+    if traffic is not None:
+        yield CounterMetricFamily("etcd_network_client_grpc_sent_bytes_total",
+                                  "The total number of bytes sent to grpc clients.", value=traffic.sent_bytes)
+        yield CounterMetricFamily("etcd_network_client_grpc_received_bytes_total",
+                                  "The total number of bytes received from grpc clients.", value=traffic.received_bytes)
+    local = f"{s.member_id:x}"
+    peers = sorted(s.transport.stats.items())
+    families = [
+        (CounterMetricFamily("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.",
+                             labels=["To"]), "sent_bytes"),
+        (CounterMetricFamily("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.",
+                             labels=["From"]), "received_bytes"),
+        (CounterMetricFamily("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.",
+                             labels=["To"]), "sent_failures"),
+        (CounterMetricFamily("etcd_network_peer_received_failures_total",
+                             "The total number of receive failures from peers.", labels=["From"]), "received_failures"),
+    ]
+    for family, field in families:
+        for pid, st in peers:
+            family.add_metric([f"{pid:x}"], getattr(st, field))
+        yield family
+    active = GaugeMetricFamily("etcd_network_active_peers", "The current number of active peer connections.",
+                               labels=["Local", "Remote"])
+    gone = CounterMetricFamily("etcd_network_disconnected_peers_total", "The total number of disconnected peers.",
+                               labels=["Local", "Remote"])
+    for pid, st in peers:
+        active.add_metric([local, f"{pid:x}"], 1 if st.active else 0)
+        gone.add_metric([local, f"{pid:x}"], st.disconnects)
+    yield active
+    yield gone

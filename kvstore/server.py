@@ -161,6 +161,7 @@ class KvServer:
             on_snapshot_status=lambda nid, ok: self.node.report_snapshot(nid, ok),
             is_removed=lambda nid: nid in self.applier.members.removed,
             on_removed=self._on_removed,
+            on_rtt=self.metrics.observe_peer_rtt,
             snapshot_dir=os.path.join(self.member_dir, "snap"),
         )
         if self.peer_security is not None:

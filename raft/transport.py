@@ -22,6 +22,11 @@ Why not gRPC (the first version was): a grpc.aio stream message costs about
 70 us of CPU between the two processes, a framed socket write a few us, and
 the peer links carry several messages per client request.
 
+Every ``PROBE_INTERVAL`` an open message connection carries a PING the
+receiver answers with a PONG: the round trip is reported to ``on_rtt``
+(etcd's peer_round_trip_time_seconds). ``stats`` holds each peer's traffic
+counters (etcd's etcd_network_peer_* metrics), read by the application.
+
 Delivery is best effort, as Raft expects: a per-peer queue is bounded (the
 oldest messages are dropped first, since newer ones supersede them), and
 every drop or failed connection is reported through ``on_unreachable`` so the
@@ -54,7 +59,7 @@ from .pb import raft_pb2 as pb
 from .types import Message, MsgType
 from .wire import Code, Frame, Kind
 
-__all__ = ["PeerTransport", "PeerAddress", "parse_peer_url", "MEMBER_REMOVED"]
+__all__ = ["PeerTransport", "PeerAddress", "PeerStats", "parse_peer_url", "MEMBER_REMOVED"]
 
 log = logging.getLogger("raft.transport")
 
@@ -74,6 +79,7 @@ READ_LIMIT = 4 << 20  # StreamReader buffer: reading pauses beyond twice this
 WRITE_HIGH = 4 << 20  # socket buffer above which a sender waits for the peer
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 5, 2
 USER_TIMEOUT_MS = 15_000  # unacknowledged data for this long: the peer is gone
+PROBE_INTERVAL = 5.0  # round-trip probes per message connection (etcd's prober: every ~4 s)
 
 # Errors that a lost, refused or garbled connection produces.
 _CONN_ERRORS = (OSError, EOFError, wire.ProtocolError)  # OSError covers ssl and timeouts
@@ -195,6 +201,18 @@ class _Peer:
     failing: bool = False  # in a failure episode: log at debug, not warning
 
 
+@dataclass(slots=True)
+class PeerStats:
+    """One peer's traffic, as etcd's etcd_network_peer_* metrics count it."""
+
+    sent_bytes: int = 0  # message frames written to it
+    received_bytes: int = 0  # message frames read from it
+    sent_failures: int = 0  # messages dropped and connections failed
+    received_failures: int = 0  # undecodable frames or messages, streams cut inside a frame
+    active: bool = False  # our message connection to it is up
+    disconnects: int = 0  # times that connection went down
+
+
 class _StreamFailed(Exception):
     """A connection failed or was refused (logged by the sender loop, never raised to callers)."""
 
@@ -257,6 +275,7 @@ class PeerTransport:
         on_snapshot_status: Callable[[int, bool], None],
         is_removed: Callable[[int], bool] | None = None,
         on_removed: Callable[[], None] | None = None,
+        on_rtt: Callable[[int, float], None] | None = None,
         snapshot_dir: str,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
@@ -278,6 +297,8 @@ class PeerTransport:
         self._on_snapshot_status = on_snapshot_status
         self._is_removed = is_removed
         self._on_removed = on_removed
+        self._on_rtt = on_rtt
+        self.stats: dict[int, PeerStats] = {}  # by peer id: members we send to or hear from
         self.snapshot_dir = snapshot_dir
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
@@ -401,6 +422,7 @@ class PeerTransport:
     def remove_peer(self, node_id: int) -> None:
         """Forget a peer: its queue is dropped, its tasks are cancelled."""
         peer = self._peers.pop(node_id, None)
+        self.stats.pop(node_id, None)
         if peer is not None:
             self._retire(peer.task)
             self._retire(peer.snapshot_task)
@@ -440,9 +462,16 @@ class PeerTransport:
                 self._report_unreachable(peer.id)
             peer.wake.set()
 
+    def _peer_stats(self, peer_id: int) -> PeerStats:
+        st = self.stats.get(peer_id)
+        if st is None:
+            st = self.stats[peer_id] = PeerStats()
+        return st
+
     def _report_unreachable(self, peer_id: int) -> None:
         """Deferred to the loop: send() runs inside the caller's Ready handling,
         which must not be re-entered; one report per peer per loop turn."""
+        self._peer_stats(peer_id).sent_failures += 1
         if peer_id not in self._unreachable_pending:
             self._unreachable_pending.add(peer_id)
             asyncio.get_running_loop().call_soon(self._fire_unreachable, peer_id)
@@ -529,6 +558,9 @@ class PeerTransport:
         closed = _Closed()
         watcher = asyncio.get_running_loop().create_task(self._watch_connection(reader, closed, peer))
         transport = writer.transport
+        stats = self._peer_stats(peer.id)
+        stats.active = True
+        next_probe = 0.0
         try:
             if peer.failing:
                 log.info("peer %x reachable again", peer.id)
@@ -536,9 +568,14 @@ class PeerTransport:
             while True:
                 if closed.reason is not None or transport.is_closing():
                     raise _StreamFailed(closed.reason or "connection closed")
+                now = time.monotonic()
+                if now >= next_probe:
+                    next_probe = now + PROBE_INTERVAL
+                    writer.writelines(wire.frame(Frame.PING, time.monotonic_ns().to_bytes(8, "big")))
                 batch = _take_batch(peer)
                 if batch:
                     writer.writelines(wire.frame(Frame.BATCH, batch))
+                    stats.sent_bytes += len(batch) + wire.HEADER.size
                     if transport.get_write_buffer_size() > WRITE_HIGH:
                         await writer.drain()
                     continue
@@ -549,25 +586,38 @@ class PeerTransport:
                     # this burst: fewer, larger frames.
                     await asyncio.sleep(0)
         finally:
+            stats.active = False
+            stats.disconnects += 1
             watcher.cancel()
             writer.close()
             await asyncio.wait([watcher])
 
-    @staticmethod
-    async def _watch_connection(reader: asyncio.StreamReader, closed: _Closed, peer: _Peer) -> None:
-        """The receiver only ever speaks on a message connection to refuse it
-        (e.g. we were removed); EOF or an error means it is gone."""
+    async def _watch_connection(self, reader: asyncio.StreamReader, closed: _Closed, peer: _Peer) -> None:
+        """The receiver speaks on a message connection to answer probes, or
+        to refuse it (e.g. we were removed); EOF or an error means it is gone."""
         try:
-            ftype, payload = await wire.read_frame(reader, wire.MAX_CONTROL)
-            if ftype == Frame.REPLY:
-                closed.reason = wire.describe(*wire.parse_reply(payload))
-            else:
-                closed.reason = f"unexpected frame type {ftype} from the receiver"
+            while True:
+                ftype, payload = await wire.read_frame(reader, wire.MAX_CONTROL)
+                if ftype == Frame.PONG and len(payload) == 8:
+                    self._observe_rtt(peer.id, (time.monotonic_ns() - int.from_bytes(payload, "big")) / 1e9)
+                    continue
+                if ftype == Frame.REPLY:
+                    closed.reason = wire.describe(*wire.parse_reply(payload))
+                else:
+                    closed.reason = f"unexpected frame type {ftype} from the receiver"
+                break
         except asyncio.IncompleteReadError:
             closed.reason = "stream closed by the receiver"
         except _CONN_ERRORS as e:
             closed.reason = _describe(e)
         peer.wake.set()
+
+    def _observe_rtt(self, peer_id: int, seconds: float) -> None:
+        if self._on_rtt is not None:
+            try:
+                self._on_rtt(peer_id, seconds)
+            except Exception:
+                log.exception("on_rtt failed")
 
     # ------------------------------------------------------ snapshot sending
     def _start_snapshot(self, peer: _Peer, msg: Message) -> None:
@@ -737,26 +787,34 @@ class PeerTransport:
         log.debug("stream from %x opened", frm)
         node_id = self.node_id
         is_removed = self._is_removed
+        stats = self._peer_stats(frm)
         while True:
             try:
                 ftype, payload = await wire.read_frame(reader, MAX_FRAME)
             except asyncio.IncompleteReadError as e:
                 if e.partial:
+                    stats.received_failures += 1
                     log.debug("stream from %x ended inside a frame", frm)
                 break
+            if ftype == Frame.PING:
+                writer.writelines(wire.frame(Frame.PONG, payload[:8]))
+                continue
             if ftype != Frame.BATCH:
                 raise _Refused(Code.INVALID_ARGUMENT, f"unexpected frame type {ftype} on a message stream")
             if is_removed is not None and is_removed(frm):
                 # Removed while its connection was open: tell it, so it stops.
                 raise _Refused(Code.FAILED_PRECONDITION, f"{MEMBER_REMOVED}: {frm:x}")
+            stats.received_bytes += len(payload) + wire.HEADER.size
             try:
                 batch = pb.MessageBatch.FromString(payload)
             except Exception as e:  # protobuf's DecodeError
+                stats.received_failures += 1
                 raise _Refused(Code.INVALID_ARGUMENT, f"undecodable batch: {e}") from None
             for p in batch.messages:
                 try:
                     msg = decode_message(p)
                 except ValueError as e:
+                    stats.received_failures += 1
                     log.warning("dropping undecodable message from %x: %s", frm, e)
                     continue
                 if msg.to != node_id or msg.frm != frm or msg.type == MsgType.SNAP:

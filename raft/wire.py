@@ -30,6 +30,8 @@ class Frame(IntEnum):
     SNAP_MESSAGE = 4  # the MsgSnap (an encoded Message)
     SNAP_DATA = 5
     SNAP_DONE = 6  # a SnapshotDone
+    PING = 7  # on a message connection: 8 bytes the receiver sends back in a PONG (round-trip probe)
+    PONG = 8
 
 
 class Kind(IntEnum):

@@ -180,6 +180,35 @@ def test_batches_between_three_members_round_trip(tmp_path: Path, monkeypatch: p
     assert opened.count("stream from 1 opened") == 2  # one long-lived stream per peer
 
 
+def test_traffic_counters_and_round_trip_probes(tmp_path: Path) -> None:
+    """What etcd's etcd_network_peer_* metrics report: bytes each way, the
+    connection's state, failures, and a round trip measured at once."""
+    rtts: list[tuple[int, float]] = []
+
+    async def scenario() -> None:
+        a = Member(1, tmp_path, on_rtt=lambda peer, s: a._note(rtts.append((peer, s))))
+        b = Member(2, tmp_path)
+        for m in (a, b):
+            await m.t.start(["http://127.0.0.1:0"])
+        a.t.set_peer(2, [b.url])
+        a.t.send([app(1, 2, 1), app(1, 2, 4)])
+        await b.wait_for(lambda: len(b.received) == 2, "messages")
+        await a.wait_for(lambda: bool(rtts), "a round trip")
+        assert rtts[0][0] == 2 and 0 < rtts[0][1] < 60
+        sent, got = a.t.stats[2], b.t.stats[1]
+        assert sent.sent_bytes == got.received_bytes > 2 * 256
+        assert sent.active and sent.sent_failures == 0 and got.received_failures == 0
+        await b.t.stop()
+        a.t.send([app(1, 2, 7)])
+        await a.wait_for(lambda: bool(a.unreachable), "the loss noticed")
+        assert not sent.active and sent.disconnects >= 1 and sent.sent_failures >= 1
+        a.t.remove_peer(2)
+        assert 2 not in a.t.stats
+        await stop_all(a)
+
+    run(scenario())
+
+
 def test_unix_socket_and_ipv6_urls(tmp_path: Path) -> None:
     async def scenario() -> None:
         a, b = Member(1, tmp_path), Member(2, tmp_path)

@@ -514,6 +514,7 @@ class Connection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        self.server.received_bytes += len(data)
         self._feeding = True
         try:
             self.h2.feed(data)
@@ -555,6 +556,7 @@ class Connection(asyncio.Protocol):
             data = b"".join(out) if len(out) > 1 else out[0]
             out.clear()
             t.write(data)
+            self.server.sent_bytes += len(data)
             if t.get_write_buffer_size() > TRANSPORT_LIMIT:
                 log.warning("client %s reads nothing of %d buffered bytes: dropped", self.peer, TRANSPORT_LIMIT)
                 t.abort()
@@ -686,6 +688,8 @@ class RpcServer:
         self.max_receive = max_receive_message_length
         self.max_concurrent_streams = max_concurrent_streams
         self.connections: set[Connection] = set()
+        self.sent_bytes = 0  # on every connection, as written to the transport
+        self.received_bytes = 0
         self._services: set[str] = set()
         self._listeners: list[asyncio.AbstractServer] = []
 
