@@ -471,7 +471,8 @@ class PeerTransport:
     def _report_unreachable(self, peer_id: int) -> None:
         """Deferred to the loop: send() runs inside the caller's Ready handling,
         which must not be re-entered; one report per peer per loop turn."""
-        self._peer_stats(peer_id).sent_failures += 1
+        if peer_id in self._peers:  # (not a member removed meanwhile)
+            self._peer_stats(peer_id).sent_failures += 1
         if peer_id not in self._unreachable_pending:
             self._unreachable_pending.add(peer_id)
             asyncio.get_running_loop().call_soon(self._fire_unreachable, peer_id)
