@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -285,8 +286,8 @@ def health_ok(url: str, timeout: float = 1.0) -> bool:
             if resp.status != 200:
                 return False
             body = json.loads(resp.read().decode() or "{}")
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+        return False  # HTTPException: e.g. an HTTP/2-only port answering with a GOAWAY
     return str(body.get("health")).lower() == "true"
 
 
