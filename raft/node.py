@@ -74,6 +74,8 @@ class StateMachine(Protocol):
 class Transport(Protocol):
     def send(self, messages: list[Message]) -> None: ...
 
+    # Optional: ``flush()`` writes what send() queued at once (raft.transport.PeerTransport).
+
 
 def _remove(path: str) -> None:
     try:
@@ -140,6 +142,7 @@ class RaftNode:
         self.storage = storage
         self.sm = state_machine
         self.transport = transport
+        self._flush: Callable[[], None] | None = getattr(transport, "flush", None)
         self.on_soft_state = on_soft_state
         # Raft re-delivers everything after its snapshot on restart, so conf
         # changes are re-applied to the core; the state machine skips entries
@@ -429,11 +432,7 @@ class RaftNode:
         if not (rd.entries or rd.hard_state is not None or rd.snapshot is not None):
             return
         start = time.monotonic()
-        if (
-            not rd.must_sync
-            or not getattr(self.storage, "thread_safe", False)
-            or (len(rd.entries) <= self.opts.inline_sync_entries and self._sync_time < INLINE_SYNC_MAX_SECONDS)
-        ):
+        if self._saves_on_loop(rd):
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.must_sync)
         else:
             loop = asyncio.get_running_loop()
@@ -444,6 +443,13 @@ class RaftNode:
             self._sync_time += (took - self._sync_time) / 8  # a moving average: a slow disk stops inline syncs
             if self.opts.observe_fsync is not None:
                 self.opts.observe_fsync(took)
+
+    def _saves_on_loop(self, rd: Ready) -> bool:
+        return (
+            not rd.must_sync
+            or not getattr(self.storage, "thread_safe", False)
+            or (len(rd.entries) <= self.opts.inline_sync_entries and self._sync_time < INLINE_SYNC_MAX_SECONDS)
+        )
 
     async def _handle_ready(self) -> None:
         rd = self.raft.ready()
@@ -466,9 +472,13 @@ class RaftNode:
             early, late = await self._send_failpoint(early), await self._send_failpoint(late)
         if early:
             self.transport.send(early)
-            # Let the senders write them before a sync on this thread blocks
-            # the loop: followers persist in parallel with us (§10.2.1).
-            await asyncio.sleep(0)
+            # Out before a sync on this thread blocks the loop: followers
+            # persist in parallel with us (§10.2.1). The sender tasks alone
+            # would write them only after it (they take two loop turns).
+            if self._flush is not None and rd.must_sync and self._saves_on_loop(rd):
+                self._flush()
+            else:
+                await asyncio.sleep(0)
         try:
             if _fp.ENABLED:
                 await self._persist_with_failpoints(rd)

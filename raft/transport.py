@@ -198,6 +198,8 @@ class _Peer:
     task: asyncio.Task[None] | None = None
     snapshot_task: asyncio.Task[None] | None = None
     next_addr: int = 0
+    writer: asyncio.StreamWriter | None = None  # its message connection, while that is up
+    next_probe: float = 0.0
     failing: bool = False  # in a failure episode: log at debug, not warning
 
 
@@ -462,6 +464,17 @@ class PeerTransport:
                 self._report_unreachable(peer.id)
             peer.wake.set()
 
+    def flush(self) -> None:
+        """Write what is queued now, on every connection that is up and not
+        backed up, instead of on the sender tasks' next loop turns: for a
+        caller about to block the loop (a leader syncing its log, while its
+        followers should already be writing theirs)."""
+        for peer in self._peers.values():
+            w = peer.writer
+            if (peer.queue and w is not None and not w.transport.is_closing()
+                    and w.transport.get_write_buffer_size() <= WRITE_HIGH):
+                self._write_queued(peer, w)
+
     def _peer_stats(self, peer_id: int) -> PeerStats:
         st = self.stats.get(peer_id)
         if st is None:
@@ -561,7 +574,8 @@ class PeerTransport:
         transport = writer.transport
         stats = self._peer_stats(peer.id)
         stats.active = True
-        next_probe = 0.0
+        peer.next_probe = 0.0
+        peer.writer = writer
         try:
             if peer.failing:
                 log.info("peer %x reachable again", peer.id)
@@ -569,16 +583,8 @@ class PeerTransport:
             while True:
                 if closed.reason is not None or transport.is_closing():
                     raise _StreamFailed(closed.reason or "connection closed")
-                now = time.monotonic()
-                if now >= next_probe:
-                    next_probe = now + PROBE_INTERVAL
-                    writer.writelines(wire.frame(Frame.PING, time.monotonic_ns().to_bytes(8, "big")))
-                batch = _take_batch(peer)
-                if batch:
-                    writer.writelines(wire.frame(Frame.BATCH, batch))
-                    stats.sent_bytes += len(batch) + wire.HEADER.size
-                    if transport.get_write_buffer_size() > WRITE_HIGH:
-                        await writer.drain()
+                if transport.get_write_buffer_size() > WRITE_HIGH or not self._write_queued(peer, writer):
+                    await writer.drain()
                     continue
                 peer.wake.clear()
                 if not peer.queue and closed.reason is None:
@@ -587,11 +593,29 @@ class PeerTransport:
                     # this burst: fewer, larger frames.
                     await asyncio.sleep(0)
         finally:
+            peer.writer = None
             stats.active = False
             stats.disconnects += 1
             watcher.cancel()
             writer.close()
             await asyncio.wait([watcher])
+
+    def _write_queued(self, peer: _Peer, writer: asyncio.StreamWriter) -> bool:
+        """Write a probe if one is due and every queued message; False if the
+        socket buffer passed WRITE_HIGH (the rest waits for the peer to read)."""
+        now = time.monotonic()
+        if now >= peer.next_probe:
+            peer.next_probe = now + PROBE_INTERVAL
+            writer.writelines(wire.frame(Frame.PING, time.monotonic_ns().to_bytes(8, "big")))
+        transport = writer.transport
+        stats = self._peer_stats(peer.id)
+        while peer.queue:
+            batch = _take_batch(peer)
+            writer.writelines(wire.frame(Frame.BATCH, batch))
+            stats.sent_bytes += len(batch) + wire.HEADER.size
+            if transport.get_write_buffer_size() > WRITE_HIGH:
+                return False
+        return True
 
     async def _watch_connection(self, reader: asyncio.StreamReader, closed: _Closed, peer: _Peer) -> None:
         """The receiver speaks on a message connection to answer probes, or
@@ -611,6 +635,7 @@ class PeerTransport:
             closed.reason = "stream closed by the receiver"
         except _CONN_ERRORS as e:
             closed.reason = _describe(e)
+        peer.writer = None  # flush() leaves it to the sender task, which sees the reason
         peer.wake.set()
 
     def _observe_rtt(self, peer_id: int, seconds: float) -> None:

@@ -326,6 +326,49 @@ def test_small_batches_sync_on_the_loop_large_ones_on_the_storage_thread() -> No
     asyncio.run(main())
 
 
+def test_leader_appends_are_flushed_before_its_inline_sync() -> None:
+    """Followers write their logs in parallel with the leader (§10.2.1): its
+    appends go out (the transport's flush) before its own sync blocks the
+    loop; a transport's sender tasks would only get to them after it."""
+    events: list[tuple[str, int]] = []
+
+    class FlushingTransport(Net._T):
+        def flush(self) -> None:
+            events.append(("flush", self.me))
+
+    class SyncStorage(CountingStorage):
+        thread_safe = True
+
+        def __init__(self, me: int, voters: list[int]) -> None:
+            super().__init__(voters)
+            self.me = me
+
+        def save(self, hard_state, entries, snapshot, sync=True):
+            if sync and entries:
+                events.append(("sync", self.me))
+            super().save(hard_state, entries, snapshot, sync)
+
+    async def main() -> None:
+        net, machines = Net(), {i: ListMachine() for i in (1, 2, 3)}
+        for i in (1, 2, 3):
+            net.nodes[i] = RaftNode(Config(i, election_tick=10, rng=random.Random(i)), SyncStorage(i, [1, 2, 3]),
+                                    machines[i], FlushingTransport(net, i), NodeOptions(tick_interval=0.01))
+        for node in net.nodes.values():
+            await node.start()
+        leader = await wait_leader(net)
+        await wait_until(lambda: all(m.data == [] for m in machines.values()) and leader.applied > 0, "settled")
+        events.clear()
+        leader.propose(b"x")
+        await wait_until(lambda: all(m.data == [b"x"] for m in machines.values()), "applied everywhere")
+        for node in net.nodes.values():
+            await node.stop()
+        mine = [kind for kind, who in events if who == leader.id]
+        assert mine[:2] == ["flush", "sync"], events
+        assert not any(kind == "flush" for kind, who in events if who != leader.id)  # followers: no early sends
+
+    asyncio.run(main())
+
+
 def test_a_snapshot_the_core_does_not_take_has_its_file_removed(tmp_path) -> None:
     """The transport saves a received snapshot's data to a file; one the core
     ignores (here: a leader takes no snapshot) is removed at once, not kept

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import socket
+import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -178,6 +179,28 @@ def test_batches_between_three_members_round_trip(tmp_path: Path, monkeypatch: p
     assert writes < 200 / 4, writes  # batched: far fewer stream writes than messages
     opened = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream from")]
     assert opened.count("stream from 1 opened") == 2  # one long-lived stream per peer
+
+
+def test_flush_writes_queued_messages_at_once(tmp_path: Path) -> None:
+    """flush(): no loop turn between send() and the socket, for a caller
+    about to block the loop (a leader syncing its log)."""
+
+    async def scenario() -> None:
+        a, b = await cluster_of(tmp_path, 2)
+        a.t.send([app(1, 2, 1)])
+        a.t.flush()  # no connection yet: left to the sender task, nothing lost
+        await b.wait_for(lambda: len(b.received) == 1, "the first message")
+        before = a.t.stats[2].sent_bytes
+        a.t.send([app(1, 2, 4), app(1, 2, 7)])
+        assert a.t.stats[2].sent_bytes == before  # send() only queues
+        a.t.flush()
+        assert a.t.stats[2].sent_bytes > before
+        time.sleep(0.2)  # the loop blocked (as by an fsync): the bytes travel anyway
+        await b.wait_for(lambda: len(b.received) == 3, "the flushed messages")
+        assert [m.index for m in b.received] == [0, 3, 6]
+        await stop_all(a, b)
+
+    run(scenario())
 
 
 def test_traffic_counters_and_round_trip_probes(tmp_path: Path) -> None:
