@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit
 
+from .client.backoff import parse_duration
+
 DEFAULT_CLIENT_URL = "http://127.0.0.1:2379"
 DEFAULT_PEER_URL = "http://127.0.0.1:2380"
 DEFAULT_HTTP_URL = "http://127.0.0.1:2378"  # friendly HTTP API, health, gateway
@@ -64,6 +66,22 @@ class ServerConfig:
     max_leases: int = 1_000_000
     # Linearizable reads on the leader's lease instead of a heartbeat round.
     experimental_lease_read: bool = False
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: str = "0"  # as given; see compaction_retention()
+
+    @property
+    def compaction_retention(self) -> float:
+        """Seconds (periodic mode) or revisions (revision mode); 0 = off.
+        As etcd: a bare number means hours in periodic mode."""
+        t = self.auto_compaction_retention.strip()
+        if t.isdigit():
+            return int(t) * 3600.0 if self.auto_compaction_mode == "periodic" else float(int(t))
+        if self.auto_compaction_mode == "revision":
+            raise ConfigError(f"--auto-compaction-retention: a number of revisions expected, got {t!r}")
+        try:
+            return parse_duration(t)
+        except ValueError as e:
+            raise ConfigError(f"--auto-compaction-retention: {e}") from None
 
     @property
     def election_ticks(self) -> int:
@@ -123,6 +141,10 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("self-signed-cert-validity", "int", "validity in years of --auto-tls/--peer-auto-tls certificates"),
     ("max-watches-per-stream", "int", "maximum number of watches on one Watch stream (0 = no limit)"),
     ("max-leases", "int", "maximum number of leases granted at once (0 = no limit)"),
+    ("auto-compaction-mode", "choice:periodic|revision",
+     "interpret --auto-compaction-retention as a duration (periodic, default) or a number of revisions"),
+    ("auto-compaction-retention", "str",
+     "history to keep: e.g. 1h, 30m, 72 (hours) in periodic mode, 1000 in revision mode; 0 (default) = never compact"),
     (
         "experimental-lease-read",
         "bool",
@@ -300,6 +322,7 @@ def validate(cfg: ServerConfig) -> None:
         raise ConfigError("--max-txn-ops must be positive")
     if cfg.snapshot_count <= 0:
         raise ConfigError("--snapshot-count must be positive")
+    _ = cfg.compaction_retention  # a bad retention fails at start, with the flag's name
     _validate_tls(cfg)
 
 

@@ -37,6 +37,7 @@ from raft.types import (
 
 from . import errors, members
 from .apply import Applied, Applier
+from .compactor import AutoCompactor, policy_for
 from .config import LEASE_CLOCK_DRIFT, ServerConfig, grpc_target
 from .errors import EtcdError
 from .lease import Lessor, min_lease_ttl
@@ -198,12 +199,24 @@ class KvServer:
         await self.node.start()
         self.lessor.start()
         self._publish_task = asyncio.create_task(self._publish_attributes())
+        policy = policy_for(self.cfg.auto_compaction_mode, self.cfg.compaction_retention,
+                            asyncio.get_running_loop().time())
+        if policy is not None:
+            self.compactor = AutoCompactor(policy, lambda: self.store.current_revision,
+                                           lambda: self.node.is_leader, self._auto_compact)
+            self.compactor.start()
+
+    async def _auto_compact(self, revision: int) -> None:
+        await self.propose(internal_pb2.InternalRequest(compaction=rpc_pb2.CompactionRequest(revision=revision)))
 
     async def stop(self) -> None:
         self._stopping.set()
         task = getattr(self, "_publish_task", None)
         if task is not None:
             task.cancel()
+        compactor = getattr(self, "compactor", None)
+        if compactor is not None:
+            await compactor.stop()
         if hasattr(self, "lessor"):
             await self.lessor.stop()
         if hasattr(self, "node"):

@@ -83,7 +83,9 @@ def test_parse_duration():
     assert parse_duration("2m") == 120.0
     assert parse_duration("1.5") == 1.5
     assert parse_duration("1h") == 3600.0
-    for bad in ("x", "-1s", "1d"):
+    assert parse_duration("1h30m") == 5400.0  # Go's syntax, as etcd's duration flags
+    assert parse_duration("1.5s250ms") == 1.75
+    for bad in ("x", "-1s", "1d", "", "nan", "inf", "1h x", "s"):
         with pytest.raises(ValueError):
             parse_duration(bad)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -72,20 +73,25 @@ class Deadline:
         return min(r, seconds)
 
 
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
 def parse_duration(text: str) -> float:
-    """'1.5s', '200ms', '2m', '1h', or a bare number of seconds → seconds."""
+    """Go's duration syntax ('1.5s', '200ms', '1h30m') or a bare number of
+    seconds → seconds."""
     t = text.strip().lower()
-    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
-    for suffix, mult in units:
-        if t.endswith(suffix):
-            num = t[: -len(suffix)]
-            break
-    else:
-        num, mult = t, 1.0
     try:
-        v = float(num)
+        v = float(t)
     except ValueError:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 2s, 1m)") from None
-    if v < 0:
-        raise ValueError(f"invalid duration {text!r}: negative")
-    return v * mult
+        pos, v = 0, 0.0
+        for m in _PART.finditer(t):
+            if m.start() != pos:
+                break
+            v += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(t) or not t:
+            raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 2s, 1m, 1h30m)") from None
+    if v < 0 or v != v or v == float("inf"):
+        raise ValueError(f"invalid duration {text!r}: must be a finite, non-negative number")
+    return v
