@@ -46,7 +46,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
-from urllib.parse import urlsplit
 
 import grpc
 

@@ -13,7 +13,6 @@ disables auth runs last.
 from __future__ import annotations
 
 import subprocess
-import time
 
 import grpc
 import pytest

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raft.lmdb_storage import LmdbStorage, StorageError, StorageFull, StorageInUse, _encode_hard_state
+from raft.lmdb_storage import LmdbStorage, StorageFull, StorageInUse, _encode_hard_state
 from raft.storage import MemoryStorage
 from raft.types import (
     CompactedError,

@@ -16,7 +16,6 @@ instead of the derandomized set) tune the depth.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import socket
 import struct

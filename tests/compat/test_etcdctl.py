@@ -10,13 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 

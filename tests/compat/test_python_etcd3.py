@@ -15,13 +15,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import pytest
 
 from tests.procs import REPO, Cluster
-
-from .conftest import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
