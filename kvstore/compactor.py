@@ -39,7 +39,7 @@ class Periodic:
     def __init__(self, period: float, now: float) -> None:
         self.period = period
         self.compact_every = min(period, HOUR)
-        self.interval = self.compact_every / RETRY_DIVISOR  # how often tick() is called
+        self.interval = self.compact_every / RETRY_DIVISOR  # the driver samples this often
         self.samples = int(period / self.interval) + 1
         self.revs: deque[int] = deque(maxlen=self.samples)  # revs[0]: the revision `period` ago
         self.last_success = now

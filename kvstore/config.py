@@ -79,9 +79,12 @@ class ServerConfig:
         if self.auto_compaction_mode == "revision":
             raise ConfigError(f"--auto-compaction-retention: a number of revisions expected, got {t!r}")
         try:
-            return parse_duration(t)
+            seconds = parse_duration(t)
         except ValueError as e:
             raise ConfigError(f"--auto-compaction-retention: {e}") from None
+        if 0 < seconds < 1:  # the compactor samples every tenth of it
+            raise ConfigError(f"--auto-compaction-retention: at least 1s (or 0 to turn it off), got {t!r}")
+        return seconds
 
     @property
     def election_ticks(self) -> int:

@@ -79,6 +79,7 @@ def test_flags(argv: list[str], mode: str, retention: float) -> None:
 @pytest.mark.parametrize("argv,message", [
     (["--auto-compaction-retention", "soon"], "invalid duration"),
     (["--auto-compaction-retention=-1h"], "invalid duration"),
+    (["--auto-compaction-retention", "10ms"], "at least 1s"),
     (["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"], "number of revisions"),
     (["--auto-compaction-mode", "hourly"], "periodic, revision"),
 ])
