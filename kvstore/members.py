@@ -63,3 +63,42 @@ def to_etcd(m: Member) -> rpc_pb2.Member:
 def peer_url_taken(ml: MemberList, urls: list[str], except_id: int = 0) -> bool:
     wanted = set(urls)
     return any(m.id != except_id and wanted & set(m.peer_urls) for m in ml.members)
+
+
+# etcd's strict reconfiguration checks (``--strict-reconfig-check``, on by
+# default in etcd 3.4). "Started" = the member published its name, i.e. it
+# ran at least once. Each asks: after the change, could the started voting
+# members still form a quorum?
+def _voting(ml: MemberList) -> list[Member]:
+    return [m for m in ml.members if not m.is_learner]
+
+
+def ready_to_add_voting(ml: MemberList) -> bool:
+    voting = _voting(ml)
+    started = sum(1 for m in voting if m.name)
+    n = len(voting) + 1
+    if started == 1 and n == 2:  # a second member for a single-member cluster
+        return True
+    return started >= n // 2 + 1
+
+
+def ready_to_remove_voting(ml: MemberList, member_id: int) -> bool:
+    rest = [m for m in _voting(ml) if m.id != member_id]
+    return sum(1 for m in rest if m.name) >= len(rest) // 2 + 1
+
+
+def ready_to_promote(ml: MemberList) -> bool:
+    voting = _voting(ml)
+    return sum(1 for m in voting if m.name) + 1 >= (len(voting) + 1) // 2 + 1
+
+
+def connected_enough_to_remove(voting: list[int], me: int, member_id: int, *, current: set[int],
+                               steady: set[int]) -> bool:
+    """etcd's mayRemoveMember: a member out of contact (not in ``current``)
+    is safe to remove; otherwise the members in steady contact with this one
+    (itself included), minus the removed one, must still be a quorum of the
+    current voting members."""
+    if member_id != me and member_id not in current:
+        return True
+    active = sum(1 for v in voting if v == me or v in steady)
+    return active - 1 >= 1 + (len(voting) - 1) // 2

@@ -1,5 +1,16 @@
-"""etcdserverpb.Cluster: the member list mapped onto Raft membership changes."""
+"""etcdserverpb.Cluster: the member list mapped onto Raft membership changes.
+
+Changes that could cost the cluster its quorum are refused as etcd 3.4 does
+with its default ``--strict-reconfig-check``: not enough members that ever
+started (``re-configuration failed due to not enough started members``), or
+not enough members in contact (``unhealthy cluster``). Contact is what the
+leader sees (every live member answers its heartbeats), so a member that is
+not the leader forwards such requests to it, once.
+"""
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import grpc
 
@@ -12,7 +23,7 @@ from ..pb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 from ..server import REQUEST_TIMEOUT, KvServer
 from .common import unary
 
-PROMOTE_FORWARD_HEADER = "kvstore-promote-forwarded"  # set on a follower → leader call
+FORWARD_HEADER = "kvstore-member-forwarded"  # set on a follower → leader call
 
 
 def _check_urls(urls: list[str]) -> None:
@@ -50,6 +61,13 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         mid = member_id(urls, self.s.cfg.initial_cluster_token)
         if members.find(ml, mid) is not None:
             raise errors.MEMBER_EXIST
+        if not self._on_leader(context):
+            return await self._forward("MemberAdd", request, context)
+        if not request.isLearner and not members.ready_to_add_voting(ml):
+            raise errors.MEMBER_NOT_ENOUGH_STARTED
+        steady = self._in_contact(self.s.cfg.election_timeout / 1000.0)
+        if any(v != self.s.member_id and v not in steady for v in _voting(ml)):
+            raise errors.UNHEALTHY  # every voting member must answer (etcd: isConnectedFullySince)
         m = internal_pb2.Member(id=mid, peer_urls=urls, is_learner=request.isLearner)
         cc = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
         await self.s.propose_conf_change(cc, mid, m)
@@ -58,8 +76,20 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     @unary
     async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.MemberRemoveResponse:
-        if members.find(self.s.applier.members, request.ID) is None:
+        ml = self.s.applier.members
+        m = members.find(ml, request.ID)
+        if m is None:
             raise errors.MEMBER_NOT_FOUND
+        if not m.is_learner:  # (a learner never counts towards a quorum)
+            if not self._on_leader(context):
+                return await self._forward("MemberRemove", request, context)
+            if not members.ready_to_remove_voting(ml, request.ID):
+                raise errors.MEMBER_NOT_ENOUGH_STARTED
+            if not members.connected_enough_to_remove(
+                _voting(ml), self.s.member_id, request.ID,
+                current=self._in_contact(0.0), steady=self._in_contact(self.s.cfg.election_timeout / 1000.0),
+            ):
+                raise errors.UNHEALTHY
         await self.s.propose_conf_change(ConfChangeType.REMOVE_NODE, request.ID, None)
         return rpc_pb2.MemberRemoveResponse(header=self._header(), members=self._list())
 
@@ -84,40 +114,58 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             raise errors.MEMBER_NOT_FOUND
         if not m.is_learner:
             raise errors.MEMBER_NOT_LEARNER
+        # Only the leader knows how far the learner got: forwarded to it, as
+        # etcd does (over its peer HTTP /members/promote).
+        if not self._on_leader(context):
+            return await self._forward("MemberPromote", request, context)
+        if not members.ready_to_promote(self.s.applier.members):
+            raise errors.MEMBER_NOT_ENOUGH_STARTED
         raft = self.s.node.raft
-        if raft.role != Role.LEADER:
-            # Only the leader knows how far the learner got: forward to it
-            # once, as etcd does (over its peer HTTP /members/promote).
-            if any(k == PROMOTE_FORWARD_HEADER for k, _ in (context.invocation_metadata() or ())):
-                raise errors.NOT_LEADER
-            return await self._forward_promote(request, context)
         match = raft.progress().get(request.ID, (0, 0, ""))[0]
         if match < raft.log.committed * 0.9:
             raise errors.LEARNER_NOT_READY
         await self.s.propose_conf_change(ConfChangeType.ADD_NODE, request.ID, None)
         return rpc_pb2.MemberPromoteResponse(header=self._header(), members=self._list())
 
-    async def _forward_promote(
-        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberPromoteResponse:
+    def _on_leader(self, context: grpc.aio.ServicerContext) -> bool:
+        """True on the leader; False if the call should go to the leader; a
+        call forwarded to a member that is no longer leader fails (the client retries)."""
+        if self.s.node.raft.role == Role.LEADER:
+            return True
+        if any(k == FORWARD_HEADER for k, _ in (context.invocation_metadata() or ())):
+            raise errors.NOT_LEADER
+        return False
+
+    def _in_contact(self, for_seconds: float) -> set[int]:
+        return self.s.node.in_contact_since(time.monotonic() - for_seconds)
+
+    async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         leader = self.s.node.leader
         urls = [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
         if not urls:
             raise errors.NO_LEADER
         async with self.s.member_channel(urls[0]) as ch:
             try:
-                resp = await rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
+                resp = await getattr(rpc_pb2_grpc.ClusterStub(ch), method)(
                     request, metadata=_forwarded_metadata(context), timeout=REQUEST_TIMEOUT
                 )
             except grpc.aio.AioRpcError as e:
                 raise EtcdError(e.code(), e.details() or "") from None
-        return rpc_pb2.MemberPromoteResponse(header=self._header(), members=list(resp.members))
+        await self.s.read_barrier()  # applied here too: a member list read next from this member shows it
+        resp.header.CopyFrom(self._header())
+        del resp.members[:]
+        resp.members.extend(self._list())
+        return resp
+
+
+def _voting(ml: members.MemberList) -> list[int]:
+    return [m.id for m in ml.members if not m.is_learner]
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
     """Mark the call as forwarded (it is never forwarded again) and carry the
     caller's auth token, so the leader checks the same user."""
-    md: list[tuple[str, str]] = [(PROMOTE_FORWARD_HEADER, "1")]
+    md: list[tuple[str, str]] = [(FORWARD_HEADER, "1")]
     for k, v in context.invocation_metadata() or ():
         if k == "token":
             md.append((k, v))

@@ -740,12 +740,6 @@ def test_member_add_voter_unstarted_then_remove(ctl: Etcdctl, members: dict, kv_
     assert ctl.run("put", "/mg/k", "still writable").stdout.strip() == "OK"
 
 
-@pytest.mark.xfail(
-    ON_KVSTORE,
-    strict=True,
-    reason="kvstore has no strict reconfiguration check (etcd's --strict-reconfig-check, default on): "
-    "it adds members while a voter is unreachable instead of answering 'etcdserver: unhealthy cluster'",
-)
 def test_member_add_refused_while_a_voter_is_down(ctl: Etcdctl) -> None:
     out = member_add(ctl, "ghost2", "--peer-urls=http://127.0.0.1:12").stdout
     ghost = re.search(r"Member ([0-9a-f]+) added", out).group(1)
