@@ -92,13 +92,11 @@ def ready_to_promote(ml: MemberList) -> bool:
     return sum(1 for m in voting if m.name) + 1 >= (len(voting) + 1) // 2 + 1
 
 
-def connected_enough_to_remove(voting: list[int], me: int, member_id: int, *, current: set[int],
-                               steady: set[int]) -> bool:
-    """etcd's mayRemoveMember: a member out of contact (not in ``current``)
-    is safe to remove; otherwise the members in steady contact with this one
-    (itself included), minus the removed one, must still be a quorum of the
-    current voting members."""
-    if member_id != me and member_id not in current:
+def connected_enough_to_remove(voting: list[int], me: int, member_id: int, in_contact: set[int]) -> bool:
+    """etcd's mayRemoveMember: a member out of contact is safe to remove;
+    otherwise the members in contact with this one (itself included), minus
+    the removed one, must still be a quorum of the current voting members."""
+    if member_id != me and member_id not in in_contact:
         return True
-    active = sum(1 for v in voting if v == me or v in steady)
+    active = sum(1 for v in voting if v == me or v in in_contact)
     return active - 1 >= 1 + (len(voting) - 1) // 2

@@ -164,10 +164,8 @@ class RaftNode:
         self._conf_history: list[tuple[int, ConfState]] = [(first_snap.index, self.raft.conf_state())]
         self._snapshot_index = first_snap.index
         self._wake = asyncio.Event()
-        # Per peer [first, last] monotonic time of the current stretch of
-        # messages from it; a silence longer than an election timeout ends it.
-        self._contact: dict[int, list[float]] = {}
-        self._contact_gap = config.election_tick * self.opts.tick_interval
+        self._last_heard: dict[int, float] = {}  # per peer: monotonic time of its last message
+        self._contact_window = config.election_tick * self.opts.tick_interval
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{config.id:x}-log")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -264,12 +262,7 @@ class RaftNode:
         """Called by the transport for every received message."""
         if self._stopped:
             return
-        now = time.monotonic()
-        contact = self._contact.get(msg.frm)
-        if contact is None or now - contact[1] > self._contact_gap:
-            self._contact[msg.frm] = [now, now]  # a new stretch of contact
-        else:
-            contact[1] = now
+        self._last_heard[msg.frm] = time.monotonic()
         self._check_clock()
         try:
             self.raft.step(msg)
@@ -279,15 +272,11 @@ class RaftNode:
             log.exception("dropping message %s from %d", msg.type.name, msg.frm)
         self._wake.set()
 
-    def in_contact_since(self, since: float) -> set[int]:
-        """Peers heard from without a gap of an election timeout since
-        ``since`` (time.monotonic()) until now: on the leader, every live
-        follower (they answer each heartbeat)."""
-        now = time.monotonic()
-        return {
-            peer for peer, (first, last) in self._contact.items()
-            if first <= since and now - last <= self._contact_gap
-        }
+    def in_contact(self) -> set[int]:
+        """Peers heard from within the last election timeout: on the leader,
+        every live follower (they answer each heartbeat)."""
+        since = time.monotonic() - self._contact_window
+        return {peer for peer, last in self._last_heard.items() if last >= since}
 
     def step_snapshot(self, msg: Message, data_path: str) -> None:
         """A MsgSnap whose application data the transport saved at ``data_path``.

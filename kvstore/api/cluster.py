@@ -4,12 +4,13 @@ Changes that could cost the cluster its quorum are refused as etcd 3.4 does
 with its default ``--strict-reconfig-check``: not enough members that ever
 started (``re-configuration failed due to not enough started members``), or
 not enough members in contact (``unhealthy cluster``). Contact is what the
-leader sees (every live member answers its heartbeats), so a member that is
-not the leader forwards such requests to it, once.
+leader sees: a member it heard from within an election timeout (every live
+member answers its heartbeats; etcd asks for 5 s of connection, which refuses
+every change for 5 s after a start). A member that is not the leader
+forwards such requests to it, once.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -65,8 +66,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             return await self._forward("MemberAdd", request, context)
         if not request.isLearner and not members.ready_to_add_voting(ml):
             raise errors.MEMBER_NOT_ENOUGH_STARTED
-        steady = self._in_contact(self.s.cfg.election_timeout / 1000.0)
-        if any(v != self.s.member_id and v not in steady for v in _voting(ml)):
+        in_contact = self.s.node.in_contact()
+        if any(v != self.s.member_id and v not in in_contact for v in _voting(ml)):
             raise errors.UNHEALTHY  # every voting member must answer (etcd: isConnectedFullySince)
         m = internal_pb2.Member(id=mid, peer_urls=urls, is_learner=request.isLearner)
         cc = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
@@ -82,13 +83,12 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             raise errors.MEMBER_NOT_FOUND
         if not m.is_learner:  # (a learner never counts towards a quorum)
             if not self._on_leader(context):
-                return await self._forward("MemberRemove", request, context)
+                # (removing itself, this member will not apply it: it is out)
+                return await self._forward("MemberRemove", request, context, catch_up=request.ID != self.s.member_id)
             if not members.ready_to_remove_voting(ml, request.ID):
                 raise errors.MEMBER_NOT_ENOUGH_STARTED
-            if not members.connected_enough_to_remove(
-                _voting(ml), self.s.member_id, request.ID,
-                current=self._in_contact(0.0), steady=self._in_contact(self.s.cfg.election_timeout / 1000.0),
-            ):
+            if not members.connected_enough_to_remove(_voting(ml), self.s.member_id, request.ID,
+                                                      self.s.node.in_contact()):
                 raise errors.UNHEALTHY
         await self.s.propose_conf_change(ConfChangeType.REMOVE_NODE, request.ID, None)
         return rpc_pb2.MemberRemoveResponse(header=self._header(), members=self._list())
@@ -136,12 +136,13 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             raise errors.NOT_LEADER
         return False
 
-    def _in_contact(self, for_seconds: float) -> set[int]:
-        return self.s.node.in_contact_since(time.monotonic() - for_seconds)
-
-    async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        leader = self.s.node.leader
-        urls = [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
+    async def _forward(self, method: str, request: Any, context: grpc.aio.ServicerContext, catch_up: bool = True) -> Any:
+        """The leader's answer, once this member applied the change too (a
+        member list read next from it shows it)."""
+        urls = self._leader_client_urls()
+        if not urls:  # a leader that just started: its published URLs may not be applied here yet
+            await self.s.read_barrier()
+            urls = self._leader_client_urls()
         if not urls:
             raise errors.NO_LEADER
         async with self.s.member_channel(urls[0]) as ch:
@@ -151,11 +152,20 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 )
             except grpc.aio.AioRpcError as e:
                 raise EtcdError(e.code(), e.details() or "") from None
-        await self.s.read_barrier()  # applied here too: a member list read next from this member shows it
         resp.header.CopyFrom(self._header())
-        del resp.members[:]
-        resp.members.extend(self._list())
+        if catch_up:
+            try:
+                await self.s.read_barrier()
+            except EtcdError:
+                return resp  # done on the leader all the same: its member list
+            del resp.members[:]
+            resp.members.extend(self._list())
         return resp
+
+
+    def _leader_client_urls(self) -> list[str]:
+        leader = self.s.node.leader
+        return [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
 
 
 def _voting(ml: members.MemberList) -> list[int]:
