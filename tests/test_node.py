@@ -311,7 +311,7 @@ def test_small_batches_sync_on_the_loop_large_ones_on_the_storage_thread() -> No
         for k in range(50):
             node.propose(b"v%d" % k)
         await wait_until(lambda: machine.data[-1:] == [b"v49"], "applied")
-        assert st.where[0] == (1, True)
+        assert st.where[0][0] <= 4 and st.where[0][1]  # "one" (with the new leader's empty entry if not yet saved)
         assert any(n > 4 and not on_loop for n, on_loop in st.where)
         assert all(on_loop == (n <= 4) for n, on_loop in st.where)
         # A slow disk (syncs averaging over INLINE_SYNC_MAX_SECONDS): even a

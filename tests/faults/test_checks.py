@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent import futures
 
 import grpc
@@ -85,7 +86,10 @@ def test_connection_is_used_again_after_its_server_restarts() -> None:
     try:
         assert conn.ready(5)
         server.stop(0).wait()
-        assert not conn.ready(1)  # noticed the loss, and the channel is now IDLE
+        deadline = time.monotonic() + 10
+        while conn._ready.is_set() and time.monotonic() < deadline:  # the loss is reported asynchronously
+            time.sleep(0.05)
+        assert not conn._ready.is_set()  # noticed: the channel is no longer READY (it turns IDLE)
         server, _ = serve(port)
         assert conn.ready(5)
     finally:
