@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from kvstore import errors
 from kvstore.pb import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from tests.procs import Cluster
 
@@ -39,9 +40,19 @@ def test_member_joining_by_snapshot_enforces_auth() -> None:
         for i in range(120):  # well past --snapshot-count: the auth entries are compacted away
             kv.Put(rpc_pb2.PutRequest(key=b"app/%03d" % i, value=b"v"), metadata=root, timeout=10)
         fresh = c.add_node("n4")
-        rpc_pb2_grpc.ClusterStub(ch).MemberAdd(
-            rpc_pb2.MemberAddRequest(peerURLs=[fresh.peer_url]), metadata=root, timeout=10
-        )
+
+        def add() -> None:  # UNAVAILABLE (a leader change under load) is retried, as clients do
+            try:
+                rpc_pb2_grpc.ClusterStub(ch).MemberAdd(
+                    rpc_pb2.MemberAddRequest(peerURLs=[fresh.peer_url]), metadata=root, timeout=10
+                )
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    if e.details() == errors.PEER_U_R_L_EXIST.message:
+                        return  # an attempt that reported an error went through after all
+                    raise AssertionError(e.details()) from None
+                raise
+        retry(add)
         fresh.start(c.initial_cluster, state="existing")
         c.wait_healthy(60, [fresh])
         fch = grpc.insecure_channel(fresh.endpoint)
