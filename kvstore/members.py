@@ -69,12 +69,12 @@ def peer_url_taken(ml: MemberList, urls: list[str], except_id: int = 0) -> bool:
 # default in etcd 3.4). "Started" = the member published its name, i.e. it
 # ran at least once. Each asks: after the change, could the started voting
 # members still form a quorum?
-def _voting(ml: MemberList) -> list[Member]:
+def voters(ml: MemberList) -> list[Member]:
     return [m for m in ml.members if not m.is_learner]
 
 
 def ready_to_add_voting(ml: MemberList) -> bool:
-    voting = _voting(ml)
+    voting = voters(ml)
     started = sum(1 for m in voting if m.name)
     n = len(voting) + 1
     if started == 1 and n == 2:  # a second member for a single-member cluster
@@ -83,12 +83,12 @@ def ready_to_add_voting(ml: MemberList) -> bool:
 
 
 def ready_to_remove_voting(ml: MemberList, member_id: int) -> bool:
-    rest = [m for m in _voting(ml) if m.id != member_id]
+    rest = [m for m in voters(ml) if m.id != member_id]
     return sum(1 for m in rest if m.name) >= len(rest) // 2 + 1
 
 
 def ready_to_promote(ml: MemberList) -> bool:
-    voting = _voting(ml)
+    voting = voters(ml)
     return sum(1 for m in voting if m.name) + 1 >= (len(voting) + 1) // 2 + 1
 
 

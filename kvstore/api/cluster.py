@@ -67,7 +67,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         if not request.isLearner and not members.ready_to_add_voting(ml):
             raise errors.MEMBER_NOT_ENOUGH_STARTED
         in_contact = self.s.node.in_contact()
-        if any(v != self.s.member_id and v not in in_contact for v in _voting(ml)):
+        if any(v != self.s.member_id and v not in in_contact for v in _voting_ids(ml)):
             raise errors.UNHEALTHY  # every voting member must answer (etcd: isConnectedFullySince)
         m = internal_pb2.Member(id=mid, peer_urls=urls, is_learner=request.isLearner)
         cc = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
@@ -87,7 +87,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 return await self._forward("MemberRemove", request, context, catch_up=request.ID != self.s.member_id)
             if not members.ready_to_remove_voting(ml, request.ID):
                 raise errors.MEMBER_NOT_ENOUGH_STARTED
-            if not members.connected_enough_to_remove(_voting(ml), self.s.member_id, request.ID,
+            if not members.connected_enough_to_remove(_voting_ids(ml), self.s.member_id, request.ID,
                                                       self.s.node.in_contact()):
                 raise errors.UNHEALTHY
         await self.s.propose_conf_change(ConfChangeType.REMOVE_NODE, request.ID, None)
@@ -168,8 +168,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         return [] if leader == 0 else list(getattr(members.find(self.s.applier.members, leader), "client_urls", []))
 
 
-def _voting(ml: members.MemberList) -> list[int]:
-    return [m.id for m in ml.members if not m.is_learner]
+def _voting_ids(ml: members.MemberList) -> list[int]:
+    return [m.id for m in members.voters(ml)]
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
